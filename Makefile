@@ -1,0 +1,46 @@
+# lumbar-lightning: `make demo` runs the main job on the synthetic phantom, `make test` passes the tests.
+# Both create or refresh the virtual environment themselves.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-full demo lint format bench clean
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[dev,sweep]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the package with dev extras (quick when nothing changed)
+
+test: install ## Run the default (fast) test suite
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-full: install ## Run every test, slow ones included
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: install ## Generate the phantom (first time) and ingest it
+	$(BIN)/lumbar-synth
+	$(BIN)/lumbar-ingest
+
+lint: install ## ruff check + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install ## Apply ruff's formatting and safe fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install ## Speed benchmarks (prints ratios, writes bench.json)
+	$(BIN)/python -m lumbar_lightning.bench
+
+clean: ## Remove run outputs (keeps .venv and data)
+	rm -rf logs .pytest_cache

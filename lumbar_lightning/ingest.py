@@ -1,0 +1,61 @@
+"""``lumbar-ingest data_dir=DIR``: index, validate and cache a data set; write ``ingest_report.json``."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import hydra
+from omegaconf import DictConfig
+
+from lumbar_lightning.cli import CONF_DIR, exit_on_contract_error, log, output_dir
+from lumbar_lightning.data.dataset import LumbarDataset
+from lumbar_lightning.data.dicom import atomic_write_text
+from lumbar_lightning.data.errors import DataContractError
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The short human summary printed at the end of an ingestion."""
+    lines = [
+        f"images: {report['images']}  patients: {report['patients']}  series: {report['series']}",
+        f"files decoded: {report['decoded_files']}  reused from cache: {report['cached_files']}",
+        f"skipped files: {len(report['skipped_files'])}",
+    ]
+    lines += [f"  {s['path']}: {s['reason']}" for s in report["skipped_files"][:20]]
+    for rater, info in report["labels"].items():
+        dist = report["grade_distribution"].get(rater, {})
+        shares = " ".join(f"{g} {100 * v:.1f}%" for g, v in dist.items())
+        lines.append(
+            f"rater {rater}: {info['accepted']} rows accepted, {len(info['rejected'])} rejected; {shares}"
+        )
+        lines += [f"  line {r['line']}: {r['reason']}" for r in info["rejected"][:20]]
+    lines.append(f"images labelled by every rater: {report['intersection_images']}")
+    return lines
+
+
+@exit_on_contract_error
+def ingest(cfg: DictConfig) -> dict:
+    start = time.perf_counter()
+    dataset = LumbarDataset.ingest(cfg.data_dir, cfg.get("cache_dir"), salt=cfg.pseudonym_salt)
+    report = dataset.report()
+    report["seconds"] = round(time.perf_counter() - start, 3)
+    out = output_dir()
+    atomic_write_text(out / "ingest_report.json", json.dumps(report, indent=2))
+    if cfg.get("num_folds"):
+        try:
+            dataset.folds(cfg.num_folds, cfg.split_seed).to_csv(out / "folds.csv")
+        except DataContractError as exc:  # a small data set is still worth ingesting
+            log.warning(f"no folds.csv: {exc}")
+    for line in summary_lines(report):
+        log.info(line)
+    log.info(f"report: {out / 'ingest_report.json'}")
+    return report
+
+
+@hydra.main(config_path=CONF_DIR, config_name="ingest", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    ingest(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Shared fixtures: small data sets written as real DICOM by the project's own writer."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lumbar_lightning.data.dicom_writer import SeriesInfo, deterministic_uid, write_mr_slice
+
+LABEL_HEADER = [
+    "analyzer",
+    "sop_instance_uid",
+    "x_min",
+    "y_min",
+    "x_max",
+    "y_max",
+    "level",
+    "grade",
+    "vertebral_level",
+]
+
+
+def write_tiny_dataset(
+    root: Path, n_patients: int = 12, slices: int = 4, size: int = 32, seed: int = 0
+) -> Path:
+    """A data set in the contract: ``n_patients`` x ``slices`` noisy images, two raters, varied grades."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    grades = "AAAABBBCD"
+    for p in range(n_patients):
+        series = SeriesInfo(
+            patient_id=f"PAT{p:03d}",
+            study_uid=deterministic_uid("study", seed, p),
+            series_uid=deterministic_uid("series", seed, p),
+            frame_of_reference_uid=deterministic_uid("for", seed, p),
+            pixel_spacing=0.7,
+            slice_thickness=4.0,
+            spacing_between_slices=4.4,
+        )
+        for s in range(slices):
+            uid = deterministic_uid("sop", seed, p, s)
+            pixels = rng.integers(0, 4000, size=(size, size), dtype=np.uint16)
+            write_mr_slice(
+                root / "dicom" / f"p{p}" / f"{s}.dcm", pixels, series, uid, s + 1, (0.0, 0.0, -4.4 * s)
+            )
+            level = "cord" if s == 0 else "rootlet"
+            grade = "" if level == "cord" else grades[(p + s) % len(grades)]
+            for rater in ("A1", "A2"):
+                rows.append([rater, uid, 8, 8, 20, 22, level, grade, f"L{s}/L{s + 1}"])
+    with (root / "labels.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(LABEL_HEADER)
+        w.writerows(rows)
+    return root
+
+
+@pytest.fixture()
+def tiny_dataset(tmp_path: Path) -> Path:
+    return write_tiny_dataset(tmp_path / "ds")
