@@ -1,0 +1,66 @@
+"""``lumbar-synth out_dir=DIR n_patients=N seed=S``: write the synthetic phantom cohort (the default data set)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from lumbar_lightning.cli import CONF_DIR, exit_on_contract_error
+from lumbar_lightning.data.phantom.cohort import PhantomCohort, PhantomConfig
+from lumbar_lightning.data.phantom.samples import samples_figure
+
+log = logging.getLogger("lumbar_lightning.synth")
+
+
+def phantom_config(cfg: DictConfig) -> PhantomConfig:
+    """The ``PhantomConfig`` described by a ``synth`` config node."""
+    values: dict[str, Any] = OmegaConf.to_container(cfg.phantom, resolve=True)  # type: ignore[assignment]
+    return PhantomConfig.from_dict(values)
+
+
+def ensure_phantom(out_dir: Path | str, config: PhantomConfig, workers: int | None = None) -> bool:
+    """Generate the cohort unless ``out_dir`` already holds one made with the same configuration.
+
+    Returns True when it generated. This is what makes the default data set appear on first use.
+    """
+    out_dir = Path(out_dir)
+    manifest = out_dir / "phantom.json"
+    if manifest.is_file() and (out_dir / "labels.csv").is_file():
+        try:
+            if json.loads(manifest.read_text()).get("config") == json.loads(json.dumps(config.to_dict())):
+                return False
+        except json.JSONDecodeError:
+            pass
+    log.info(f"generating the phantom cohort ({config.n_patients} patients, seed {config.seed}) in {out_dir}")
+    cohort = PhantomCohort.generate(config, out_dir, workers=workers)
+    samples_figure(out_dir, out_dir / "samples.png")
+    log.info(
+        f"{cohort.n_images} images in {cohort.seconds:.1f}s ({cohort.n_images / cohort.seconds:.0f} slices/s)"
+    )
+    return True
+
+
+@exit_on_contract_error
+def synth(cfg: DictConfig) -> Path:
+    config = phantom_config(cfg)
+    out_dir = Path(cfg.out_dir)
+    if cfg.force and (out_dir / "phantom.json").exists():
+        (out_dir / "phantom.json").unlink()
+    if not ensure_phantom(out_dir, config, workers=cfg.workers):
+        log.info(f"{out_dir} already holds this cohort (force=true regenerates it)")
+    log.info(f"samples: {out_dir / 'samples.png'}")
+    return out_dir
+
+
+@hydra.main(config_path=CONF_DIR, config_name="synth", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    synth(cfg)
+
+
+if __name__ == "__main__":
+    main()
