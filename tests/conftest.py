@@ -60,3 +60,16 @@ def write_tiny_dataset(
 @pytest.fixture()
 def tiny_dataset(tmp_path: Path) -> Path:
     return write_tiny_dataset(tmp_path / "ds")
+
+
+TINY_PHANTOM = dict(n_patients=8, seed=5, image_size=128, pixel_spacing_mm=1.72)
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small phantom cohort (8 patients, 128 px) shared by the model and entry-point tests."""
+    from lumbar_lightning.data.phantom.cohort import PhantomCohort, PhantomConfig
+
+    root = tmp_path_factory.mktemp("tiny_phantom")
+    PhantomCohort.generate(PhantomConfig(**TINY_PHANTOM), root, workers=2)
+    return root

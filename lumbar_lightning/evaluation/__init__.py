@@ -1,0 +1,1 @@
+"""Agreement statistics between raters and classifiers, comparisons between runs, and figures."""

@@ -1,0 +1,42 @@
+"""Agreement between two label columns on the images both have (the paper's fair comparison)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, f1_score
+
+
+def agreement(a: Sequence[str], b: Sequence[str], classes: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, macro and per-class F1, Cohen's kappa (plain and quadratic) and the confusion matrix.
+
+    ``a`` is the reference (rows of the confusion matrix), ``b`` the other reader (columns). Entries outside
+    ``classes`` (for example an empty grade) must be filtered out by the caller.
+    """
+    a, b = np.asarray(a, dtype=object), np.asarray(b, dtype=object)
+    classes = list(classes)
+    if len(a) != len(b):
+        raise ValueError(f"label columns differ in length: {len(a)} vs {len(b)}")
+    n = len(a)
+    if n == 0:
+        return {"n": 0, "accuracy": float("nan"), "f1_macro": float("nan"), "kappa": float("nan")}
+    per_class = f1_score(a, b, labels=classes, average=None, zero_division=0)
+    present = [i for i, c in enumerate(classes) if np.any(a == c) or np.any(b == c)]
+    return {
+        "n": int(n),
+        "accuracy": float(accuracy_score(a, b)),
+        "f1_macro": float(np.mean(per_class[present])) if present else float("nan"),
+        "f1_per_class": {c: float(f) for c, f in zip(classes, per_class, strict=True)},
+        "kappa": _kappa(a, b, classes, None),
+        "kappa_quadratic": _kappa(a, b, classes, "quadratic"),
+        "confusion_matrix": confusion_matrix(a, b, labels=classes).tolist(),
+        "classes": classes,
+    }
+
+
+def _kappa(a: np.ndarray, b: np.ndarray, classes: list[str], weights: str | None) -> float:
+    if len(set(a) | set(b)) < 2:
+        return 1.0 if np.all(a == b) else 0.0
+    return float(cohen_kappa_score(a, b, labels=classes, weights=weights))

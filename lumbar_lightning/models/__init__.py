@@ -1,0 +1,1 @@
+"""Networks and the three LightningModules: CanalDetector, RootletClassifier, GradeClassifier."""

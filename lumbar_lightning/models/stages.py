@@ -1,0 +1,307 @@
+"""The three LightningModules of the study: ``CanalDetector``, ``RootletClassifier``, ``GradeClassifier``.
+
+They share ``StageModule``: Adam at lr 1e-4 by default, the learning rate halved when ``val/acc`` stops
+improving, and a tracked best (``val/acc_best``) that checkpointing and sweeps read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
+from torchmetrics.detection import MeanAveragePrecision
+from torchvision.ops import box_iou
+
+from lumbar_lightning.data.labels import GRADES
+from lumbar_lightning.models.nets import CanalVGG, build_faster_rcnn
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., Any]
+
+
+def default_optimizer(params: Any) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=1e-4)
+
+
+def default_scheduler(optimizer: torch.optim.Optimizer) -> Any:
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
+
+
+class StageModule(L.LightningModule):
+    """Shared optimisation and the best-validation tracking of every stage."""
+
+    #: The validation metric that checkpointing, the LR schedule and sweeps follow.
+    monitor = "val/acc"
+
+    def __init__(
+        self, optimizer: OptimizerFactory | None = None, scheduler: SchedulerFactory | None = None
+    ) -> None:
+        super().__init__()
+        self.optimizer_factory = optimizer or default_optimizer
+        self.scheduler_factory = scheduler if scheduler is not None else default_scheduler
+        self.val_best = MaxMetric()
+        self.train_loss = MeanMetric()
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if not self.scheduler_factory:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "monitor": self.monitor,
+                "interval": "epoch",
+                "frequency": 1,
+            },
+        }
+
+    def track_best(self, value: torch.Tensor) -> None:
+        self.val_best(value)
+        self.log(f"{self.monitor}_best", self.val_best.compute(), prog_bar=True)
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/loss_epoch", self.train_loss.compute())
+        self.train_loss.reset()
+
+
+# --------------------------------------------------------------------------------------------------------------
+class CanalDetector(StageModule):
+    """Faster R-CNN for the spinal canal box; its ``val/acc`` is the detection rate (top box IoU >= 0.5)."""
+
+    def __init__(self, backbone: str = "compact", image_size: int = 160, anchor_sizes: tuple[int, ...] = (8, 16, 32),
+                 rpn_pre_nms_top_n: int = 100, rpn_post_nms_top_n: int = 20, rpn_batch_size_per_image: int = 64,
+                 box_batch_size_per_image: int = 32, representation_size: int = 128, pretrained: str | None = None,
+                 optimizer: OptimizerFactory | None = None, scheduler: SchedulerFactory | None = None) -> None:  # fmt: skip
+        super().__init__(optimizer, scheduler)
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.net = build_faster_rcnn(
+            backbone, image_size, tuple(anchor_sizes), rpn_pre_nms_top_n, rpn_post_nms_top_n,
+            rpn_batch_size_per_image, box_batch_size_per_image, 5, representation_size, pretrained,
+        )  # fmt: skip
+        self.image_size = image_size
+        self.map = {s: MeanAveragePrecision(box_format="xyxy", iou_type="bbox") for s in ("val", "test")}
+        self.map_val, self.map_test = self.map["val"], self.map["test"]  # registered as children
+        self._ious: dict[str, list[torch.Tensor]] = {"val": [], "test": []}
+        self.last_metrics: dict[str, dict[str, float]] = {}
+
+    @staticmethod
+    def _three_channels(images: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [im.expand(3, -1, -1) for im in images]
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        return self.net(self._three_channels(images))
+
+    @torch.no_grad()
+    def predict_top_box(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The best-scoring box per image (detector-input pixels) and its score; a centred box if none."""
+        was_training = self.net.training
+        self.net.eval()
+        outputs = self(images)
+        self.net.train(was_training)
+        boxes, scores = [], []
+        for out in outputs:
+            if len(out["boxes"]):
+                i = int(torch.argmax(out["scores"]))
+                boxes.append(out["boxes"][i])
+                scores.append(out["scores"][i])
+            else:
+                s = float(self.image_size)
+                boxes.append(torch.tensor([0.4 * s, 0.4 * s, 0.6 * s, 0.6 * s]))
+                scores.append(torch.tensor(0.0))
+        return torch.stack(boxes), torch.stack(scores)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        targets = [
+            {"boxes": b, "labels": torch.ones(len(b), dtype=torch.int64, device=b.device)}
+            for b in batch["boxes"]
+        ]
+        losses = self.net(self._three_channels(batch["image"]), targets)
+        loss = sum(losses.values())
+        self.train_loss(loss.detach())
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], split: str) -> None:
+        outputs = self(batch["image"])
+        preds = [{k: o[k] for k in ("boxes", "scores", "labels")} for o in outputs]
+        targets = [{"boxes": b, "labels": torch.ones(len(b), dtype=torch.int64)} for b in batch["boxes"]]
+        self.map[split].update(preds, targets)
+        for out, gt in zip(outputs, batch["boxes"], strict=True):
+            if len(out["boxes"]):
+                top = out["boxes"][torch.argmax(out["scores"])][None]
+                self._ious[split].append(box_iou(top, gt[:1])[0, 0])
+            else:
+                self._ious[split].append(torch.tensor(0.0))
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_epoch_end(self, split: str) -> dict[str, float]:
+        mean_ap = self.map[split].compute()
+        self.map[split].reset()
+        ious = torch.stack(self._ious[split]) if self._ious[split] else torch.zeros(1)
+        ious = self.all_gather(ious).flatten()
+        self._ious[split] = []
+        metrics = {
+            f"{split}/map_50": float(mean_ap["map_50"]),
+            f"{split}/map": float(mean_ap["map"]),
+            f"{split}/iou": float(ious.mean()),
+            f"{split}/acc": float((ious >= 0.5).float().mean()),  # detection rate
+        }
+        self.log_dict(metrics, sync_dist=False)
+        self.last_metrics[split] = metrics
+        return metrics
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self._eval_epoch_end("val")
+        if not self.trainer.sanity_checking:
+            self.track_best(torch.tensor(metrics["val/acc"] + 1e-3 * metrics["val/iou"]))
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+
+# --------------------------------------------------------------------------------------------------------------
+def classification_metrics(num_classes: int) -> MetricCollection:
+    """One collection, cloned per split: accuracy, macro F1, per-class F1, confusion matrix."""
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "f1": MulticlassF1Score(num_classes, average="macro"),
+            "f1_per_class": MulticlassF1Score(num_classes, average=None),
+            "confmat": MulticlassConfusionMatrix(num_classes),
+        }
+    )
+
+
+class PatchClassifier(StageModule):
+    """The study's VGG on canal patches; subclasses fix the task's classes and loss."""
+
+    class_names: tuple[str, ...] = ()
+
+    def __init__(self, width: float = 1.0, batch_norm: bool = True, dropout: float = 0.0,
+                 class_prior: list[float] | None = None, prior_correction: bool = True,
+                 optimizer: OptimizerFactory | None = None, scheduler: SchedulerFactory | None = None) -> None:  # fmt: skip
+        super().__init__(optimizer, scheduler)
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.net = CanalVGG(self.num_outputs, width=width, batch_norm=batch_norm, dropout=dropout)
+        metrics = classification_metrics(len(self.class_names))
+        # ModuleDict keys cannot be "train" (an nn.Module method), hence the suffix.
+        self.metrics = nn.ModuleDict(
+            {f"{s}_m": metrics.clone(prefix=f"{s}/") for s in ("train", "val", "test")}
+        )
+        # Training-label frequencies, for logit adjustment at inference (balanced sampling trains a uniform prior).
+        prior = torch.tensor(
+            class_prior if class_prior else [1.0] * len(self.class_names), dtype=torch.float32
+        )
+        self.register_buffer("log_prior", torch.log(prior / prior.sum()))
+        self.last_metrics: dict[str, dict[str, Any]] = {}
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.class_names)
+
+    def set_class_prior(self, counts: np.ndarray) -> None:
+        """Record the training split's class frequencies (saved in the checkpoint with the weights)."""
+        counts = torch.as_tensor(np.maximum(counts, 1), dtype=torch.float32)
+        self.log_prior.copy_(torch.log(counts / counts.sum()).to(self.log_prior.device))
+        self.hparams["class_prior"] = [float(c) for c in counts]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def class_log_probs(self, logits: torch.Tensor, adjust: bool | None = None) -> torch.Tensor:
+        """Log-probabilities per class; with ``adjust`` the training prior is added back (logit adjustment)."""
+        adjust = self.hparams.prior_correction if adjust is None else adjust
+        logp = self.logits_to_log_probs(logits)
+        if adjust:
+            logp = torch.log_softmax(logp + self.log_prior, dim=-1)
+        return logp
+
+    def logits_to_log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(logits, dim=-1)
+
+    def _step(self, batch: dict[str, Any], split: str) -> torch.Tensor:
+        logits = self(batch["image"])
+        target = batch["target"]
+        loss = self.loss(logits, target)
+        preds = self.class_log_probs(logits, adjust=False if split == "train" else None).argmax(-1)
+        self.metrics[f"{split}_m"].update(preds, target)
+        self.log(f"{split}/loss", loss, prog_bar=split == "train", batch_size=len(target))
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self._step(batch, "train")
+        self.train_loss(loss.detach())
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def _epoch_end(self, split: str) -> dict[str, Any]:
+        values = self.metrics[f"{split}_m"].compute()
+        self.metrics[f"{split}_m"].reset()
+        scalars = {f"{split}/acc": values[f"{split}/acc"], f"{split}/f1": values[f"{split}/f1"]}
+        for name, f1 in zip(self.class_names, values[f"{split}/f1_per_class"], strict=True):
+            scalars[f"{split}/f1_{name}"] = f1
+        self.log_dict(scalars, prog_bar=split == "val")
+        self.last_metrics[split] = {
+            **{k: float(v) for k, v in scalars.items()},
+            f"{split}/confmat": values[f"{split}/confmat"].cpu().tolist(),
+        }
+        return self.last_metrics[split]
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        self._epoch_end("train")
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self._epoch_end("val")
+        if not self.trainer.sanity_checking:
+            self.track_best(torch.tensor(metrics["val/acc"]))
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")
+
+
+class RootletClassifier(PatchClassifier):
+    """Rootlet (cauda equina) or spinal cord level: one logit, binary cross-entropy."""
+
+    class_names = ("cord", "rootlet")
+
+    @property
+    def num_outputs(self) -> int:
+        return 1
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits[:, 0], target.float())
+
+    def logits_to_log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.stack([F.logsigmoid(-logits[:, 0]), F.logsigmoid(logits[:, 0])], dim=-1)
+
+
+class GradeClassifier(PatchClassifier):
+    """Schizas grade A-D: four logits, softmax cross-entropy."""
+
+    class_names = GRADES
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target)

@@ -1,0 +1,139 @@
+"""The three-stage ``Pipeline`` of the paper: detect the canal, classify rootlet/cord, grade the rootlet patches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lumbar_lightning.data.datamodules import LEVEL_INDEX
+from lumbar_lightning.data.labels import GRADES
+from lumbar_lightning.data.transforms import PatchGeometry, resize_image, scale_boxes
+from lumbar_lightning.models.stages import CanalDetector, GradeClassifier, RootletClassifier
+
+LEVELS_BY_INDEX = {v: k for k, v in LEVEL_INDEX.items()}
+
+
+@dataclass
+class Prediction:
+    """What the pipeline says about one image; boxes are in the stored image's pixels."""
+
+    box: np.ndarray
+    box_score: float
+    rootlet_prob: float
+    level: str
+    grade_probs: np.ndarray  # prior-corrected if the grader is configured so
+    grade_probs_balanced: np.ndarray  # without prior correction
+    grade: str  # empty where the level is cord
+
+    def as_row(self) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            **{
+                f"pred_{k}": round(float(v), 2)
+                for k, v in zip(("x_min", "y_min", "x_max", "y_max"), self.box, strict=True)
+            },
+            "box_score": round(self.box_score, 4),
+            "rootlet_prob": round(self.rootlet_prob, 4),
+            "pred_level": self.level,
+        }
+        for g, p, q in zip(GRADES, self.grade_probs, self.grade_probs_balanced, strict=True):
+            row[f"p_{g}"] = round(float(p), 4)
+            row[f"p_{g}_balanced"] = round(float(q), 4)
+        row["pred_grade"] = self.grade
+        row["pred_grade_balanced"] = GRADES[int(np.argmax(self.grade_probs_balanced))] if self.grade else ""
+        return row
+
+
+class Pipeline:
+    """Detector, then rootlet classifier on the detected patch, then grader on the patches called rootlet.
+
+    Images go in as full-size normalised arrays (the ingestion cache's format); everything runs in batches.
+    """
+
+    def __init__(self, detector: CanalDetector, rootlet: RootletClassifier, grade: GradeClassifier,
+                 patch: PatchGeometry, batch_size: int = 64, device: str | torch.device = "cpu") -> None:  # fmt: skip
+        self.detector = detector.eval().to(device)
+        self.rootlet = rootlet.eval().to(device)
+        self.grade = grade.eval().to(device)
+        self.patch = patch
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def detect(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Top canal box per image (stored-image pixels) and its score."""
+        size = self.detector.image_size
+        boxes, scores = [], []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            inputs = [torch.from_numpy(resize_image(im, size))[None].to(self.device) for im in chunk]
+            b, s = self.detector.predict_top_box(inputs)
+            for im, box in zip(chunk, b.cpu().numpy(), strict=True):
+                boxes.append(scale_boxes(box, (size, size), im.shape[:2]))
+            scores.append(s.cpu().numpy())
+        return np.stack(boxes), np.concatenate(scores)
+
+    @torch.no_grad()
+    def classify(self, images: Sequence[np.ndarray], boxes: np.ndarray) -> dict[str, np.ndarray]:
+        """Rootlet probability and grade probabilities (corrected and balanced) for each image's box."""
+        patches = np.stack(
+            [self.patch.crop(im, box, context=1.0) for im, box in zip(images, boxes, strict=True)]
+        )
+        tensor = torch.from_numpy(patches)[:, None].to(self.device)
+        rootlet, corrected, balanced = [], [], []
+        for start in range(0, len(tensor), self.batch_size):
+            x = tensor[start : start + self.batch_size]
+            rootlet.append(self.rootlet.class_log_probs(self.rootlet(x)).exp()[:, LEVEL_INDEX["rootlet"]])
+            logits = self.grade(x)
+            corrected.append(self.grade.class_log_probs(logits).exp())
+            balanced.append(self.grade.class_log_probs(logits, adjust=False).exp())
+        return {
+            "rootlet_prob": torch.cat(rootlet).cpu().numpy(),
+            "grade_probs": torch.cat(corrected).cpu().numpy(),
+            "grade_probs_balanced": torch.cat(balanced).cpu().numpy(),
+        }
+
+    def predict(self, images: Sequence[np.ndarray], boxes: np.ndarray | None = None) -> list[Prediction]:
+        """Chained predictions; pass ``boxes`` to classify given boxes instead of detected ones."""
+        if not len(images):
+            return []
+        if boxes is None:
+            boxes, scores = self.detect(images)
+        else:
+            scores = np.ones(len(images), dtype=np.float32)
+        out = self.classify(images, np.asarray(boxes, dtype=np.float32))
+        preds = []
+        for i in range(len(images)):
+            level = "rootlet" if out["rootlet_prob"][i] >= 0.5 else "cord"
+            probs = out["grade_probs"][i]
+            preds.append(
+                Prediction(
+                    box=np.asarray(boxes[i]),
+                    box_score=float(scores[i]),
+                    rootlet_prob=float(out["rootlet_prob"][i]),
+                    level=level,
+                    grade_probs=probs,
+                    grade_probs_balanced=out["grade_probs_balanced"][i],
+                    grade=GRADES[int(np.argmax(probs))] if level == "rootlet" else "",
+                )
+            )
+        return preds
+
+
+def load_stage_weights(module: torch.nn.Module, checkpoint: str | Path) -> torch.nn.Module:
+    """Load a Lightning checkpoint's weights safely (``weights_only=True``), naming the file if it does not fit."""
+    state = torch.load(Path(checkpoint), map_location="cpu", weights_only=True)
+    weights = state.get("state_dict", state)
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ValueError(
+            f"checkpoint {checkpoint} does not fit the configured {type(module).__name__} ({first}); "
+            "was it trained with another model config?"
+        ) from None
+    return module

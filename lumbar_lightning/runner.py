@@ -1,0 +1,208 @@
+"""Train and test the three stages for one fold and one rater, then run the chained pipeline on the test set.
+
+``lumbar-train`` runs one ``run_fold``; ``lumbar-cv`` runs it for every fold and rater into one run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from lumbar_lightning.data.datamodules import LEVEL_INDEX, PatchDataModule, SliceDataModule, load_dataset
+from lumbar_lightning.data.dataset import TRUTH_RATER, LumbarDataset
+from lumbar_lightning.data.dicom import atomic_write_text
+from lumbar_lightning.data.labels import GRADES
+from lumbar_lightning.data.transforms import PatchGeometry
+from lumbar_lightning.evaluation.agreement import agreement
+from lumbar_lightning.models.stages import CanalDetector, GradeClassifier, RootletClassifier, StageModule
+from lumbar_lightning.pipeline import Pipeline, load_stage_weights
+
+log = logging.getLogger("lumbar_lightning")
+STAGES = ("detector", "rootlet", "grade")
+
+
+def prepare_data(cfg: DictConfig) -> LumbarDataset:
+    """Ingest ``data.data_dir``; the default location gets the phantom cohort generated on first use."""
+    data_dir = Path(cfg.data.data_dir)
+    if data_dir.resolve() == Path(cfg.paths.data_dir).resolve() and not (data_dir / "labels.csv").exists():
+        from lumbar_lightning.synth import ensure_phantom, phantom_config
+
+        ensure_phantom(data_dir, phantom_config(cfg))
+    return load_dataset(data_dir, cfg.data.get("cache_dir"), cfg.data.pseudonym_salt)
+
+
+def _data_kwargs(cfg: DictConfig, fold: int, rater: str, stage_cfg: DictConfig) -> dict[str, Any]:
+    d = cfg.data
+    return {
+        "data_dir": d.data_dir,
+        "cache_dir": d.get("cache_dir"),
+        "pseudonym_salt": d.pseudonym_salt,
+        "rater": rater,
+        "fold": fold,
+        "num_folds": d.num_folds,
+        "split_seed": d.split_seed,
+        "batch_size": stage_cfg.batch_size,
+        "eval_batch_size": d.eval_batch_size,
+        "num_workers": d.num_workers,
+        "augment": OmegaConf.to_container(d.augment, resolve=True),
+        "seed": cfg.seed,
+    }
+
+
+def _trainer(cfg: DictConfig, stage: str, stage_cfg: DictConfig, out_dir: Path, monitor: str) -> L.Trainer:
+    """A Trainer for one stage: the configured trainer, the stage's epochs, best/last checkpoints on ``monitor``."""
+    callbacks = [
+        L.pytorch.callbacks.ModelCheckpoint(
+            dirpath=out_dir / "checkpoints" / stage,
+            filename="best",
+            monitor=monitor,
+            mode="max",
+            save_last=True,
+            enable_version_counter=False,
+        )
+    ]
+    for cb_cfg in (cfg.get("callbacks") or {}).values():
+        if cb_cfg is not None and "_target_" in cb_cfg:
+            callbacks.append(hydra.utils.instantiate(cb_cfg))
+    loggers: list[Any] = []
+    for lg_cfg in (cfg.get("logger") or {}).values():
+        if lg_cfg is not None and "_target_" in lg_cfg:
+            loggers.append(hydra.utils.instantiate(lg_cfg, save_dir=str(out_dir / "logs"), name=stage))
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kwargs.update(OmegaConf.to_container(stage_cfg.trainer, resolve=True) if stage_cfg.get("trainer") else {})
+    if cfg.get("debug_trainer"):
+        kwargs.update(OmegaConf.to_container(cfg.debug_trainer, resolve=True))
+    kwargs.pop("_target_", None)
+    return L.Trainer(**kwargs, callbacks=callbacks, logger=loggers or False, default_root_dir=str(out_dir))
+
+
+def _fit_stage(cfg: DictConfig, stage: str, module: StageModule, datamodule: L.LightningDataModule,
+               out_dir: Path) -> dict[str, Any]:  # fmt: skip
+    """Fit, reload the best checkpoint (weights only), test it on the rater's own boxes."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    stage_cfg = cfg.model[stage]
+    trainer = _trainer(cfg, stage, stage_cfg, out_dir, module.monitor)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    fit_seconds = time.perf_counter() - start
+    best = out_dir / "checkpoints" / stage / "best.ckpt"
+    if best.exists():
+        load_stage_weights(module, best)
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    metrics = dict(module.last_metrics.get("test", {}))
+    metrics["best_val"] = float(module.val_best.compute()) if module.val_best.update_count else float("nan")
+    metrics["epochs"] = int(trainer.current_epoch)
+    metrics["fit_seconds"] = round(fit_seconds, 2)
+    return metrics
+
+
+def build_modules(cfg: DictConfig) -> dict[str, StageModule]:
+    """The three LightningModules from their configs (``model.<stage>.module``)."""
+    # _convert_="all": plain lists and dicts in hyperparameters, so checkpoints load with weights_only=True.
+    return {stage: hydra.utils.instantiate(cfg.model[stage].module, _convert_="all") for stage in STAGES}
+
+
+def run_fold(cfg: DictConfig, fold: int, rater: str, out_dir: Path) -> dict[str, Any]:
+    """Everything for one fold and one rater; writes checkpoints, folds.csv, predictions.csv, metrics.json."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    dataset = prepare_data(cfg)
+    folds = dataset.folds(cfg.data.num_folds, cfg.data.split_seed)
+    folds.to_csv(out_dir / "folds.csv")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    modules = build_modules(cfg)
+    detector: CanalDetector = modules["detector"]  # type: ignore[assignment]
+    rootlet: RootletClassifier = modules["rootlet"]  # type: ignore[assignment]
+    grader: GradeClassifier = modules["grade"]  # type: ignore[assignment]
+    geometry = PatchGeometry(**OmegaConf.to_container(cfg.data.patch, resolve=True))
+
+    metrics: dict[str, Any] = {"fold": fold, "rater": rater}
+    det_dm = SliceDataModule(
+        image_size=detector.image_size, **_data_kwargs(cfg, fold, rater, cfg.model.detector)
+    )
+    det_dm.setup()
+    metrics["splits"] = det_dm.describe()
+    metrics["detector"] = _fit_stage(cfg, "detector", detector, det_dm, out_dir)
+    for stage, module in (("rootlet", rootlet), ("grade", grader)):
+        stage_cfg = cfg.model[stage]
+        dm = PatchDataModule(task=stage, patch=geometry, balanced=stage_cfg.balanced,
+                             samples_per_epoch=stage_cfg.get("samples_per_epoch"),
+                             **_data_kwargs(cfg, fold, rater, stage_cfg))  # fmt: skip
+        dm.setup()
+        module.set_class_prior(dm.class_counts("train"))
+        metrics[stage] = {"gt_box": _fit_stage(cfg, stage, module, dm, out_dir)}
+
+    pipeline = Pipeline(detector, rootlet, grader, geometry, batch_size=cfg.data.eval_batch_size)
+    predictions = predict_test_images(pipeline, dataset, det_dm.rows["test"]["patient"].unique(), fold, rater)
+    atomic_write_text(out_dir / "predictions.csv", predictions.to_csv(index=False))
+    metrics["rootlet"]["chained"], metrics["grade"]["chained"] = chained_metrics(predictions, rater)
+    metrics["grade"]["chained_balanced"] = chained_metrics(predictions, rater, balanced=True)[1]
+    metrics["seconds"] = round(time.perf_counter() - start, 1)
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, default=float))
+    return metrics
+
+
+def predict_test_images(pipeline: Pipeline, dataset: LumbarDataset, patients: np.ndarray, fold: int,
+                        rater: str) -> pd.DataFrame:  # fmt: skip
+    """One row per labelled image of the test patients: every rater's labels, the chained prediction, and the
+    prediction on the training rater's own box (the ground-truth-box path)."""
+    images = dataset.images.set_index("sop_instance_uid")
+    tables = [dataset.labels] + ([dataset.truth] if dataset.truth is not None else [])
+    labels = pd.concat([t.rows for t in tables])
+    uids = sorted(set(labels["sop_instance_uid"]) & set(images.index[images["patient"].isin(patients)]))
+    frame = pd.DataFrame({"sop_instance_uid": uids})
+    frame["patient"] = frame["sop_instance_uid"].map(images["patient"])
+    frame["fold"] = fold
+    frame["trained_on"] = rater
+    for who, part in labels.groupby("analyzer"):
+        part = part.set_index("sop_instance_uid")
+        frame[f"level_{who}"] = frame["sop_instance_uid"].map(part["level"]).fillna("")
+        frame[f"grade_{who}"] = frame["sop_instance_uid"].map(part["grade"]).fillna("")
+    vertebral = labels.drop_duplicates("sop_instance_uid").set_index("sop_instance_uid")["vertebral_level"]
+    frame["vertebral_level"] = frame["sop_instance_uid"].map(vertebral).fillna("")
+    pixels = [dataset.cache.get(uid) for uid in uids]
+    chained = pd.DataFrame([p.as_row() for p in pipeline.predict(pixels)])
+    frame = pd.concat([frame, chained], axis=1)
+    own = dataset.labels.for_rater(rater)
+    has_box = [uid in own.index for uid in uids]
+    if any(has_box):
+        idx = [i for i, h in enumerate(has_box) if h]
+        boxes = own.loc[[uids[i] for i in idx], ["x_min", "y_min", "x_max", "y_max"]].to_numpy(np.float32)
+        gt = pipeline.predict([pixels[i] for i in idx], boxes=boxes)
+        frame["gt_box_level"] = ""
+        frame["gt_box_grade"] = ""
+        frame.loc[idx, "gt_box_level"] = [p.level for p in gt]
+        frame.loc[idx, "gt_box_grade"] = [p.grade for p in gt]
+    return frame
+
+
+def chained_metrics(predictions: pd.DataFrame, rater: str, balanced: bool = False) -> tuple[dict, dict]:
+    """Rootlet/cord and grade agreement of the chained pipeline with ``rater`` on the images the rater labelled.
+
+    The grade is compared where both the rater and the pipeline call the slice rootlet level (both have a grade).
+    """
+    level_col, grade_col = f"level_{rater}", f"grade_{rater}"
+    pred_grade = "pred_grade_balanced" if balanced else "pred_grade"
+    labelled = predictions[predictions[level_col] != ""]
+    rootlet = agreement(labelled[level_col], labelled["pred_level"], list(LEVEL_INDEX))
+    graded = labelled[(labelled[grade_col] != "") & (labelled[pred_grade] != "")]
+    grade = agreement(graded[grade_col], graded[pred_grade], GRADES)
+    grade["coverage"] = float(len(graded) / max(1, (labelled[grade_col] != "").sum()))
+    return rootlet, grade
+
+
+def truth_available(dataset: LumbarDataset) -> bool:
+    return dataset.truth is not None and TRUTH_RATER in dataset.truth.raters

@@ -1,0 +1,62 @@
+"""Every experiment config composes and instantiates, so no config can rot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from lumbar_lightning.cli import CONF_DIR
+from lumbar_lightning.models.stages import CanalDetector, GradeClassifier, RootletClassifier
+from lumbar_lightning.runner import build_modules
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+
+
+def test_there_are_experiments() -> None:
+    assert {"demo", "paper_a1", "paper_a2"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("config_name", ["train", "cv"])
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes_and_instantiates(experiment: str, config_name: str) -> None:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            config_name=config_name, overrides=[f"experiment={experiment}"], return_hydra_config=True
+        )
+    OmegaConf.resolve(cfg)
+    modules = build_modules(cfg)
+    assert isinstance(modules["detector"], CanalDetector)
+    assert isinstance(modules["rootlet"], RootletClassifier) and isinstance(modules["grade"], GradeClassifier)
+    assert cfg.task_name == config_name
+    assert cfg.data.num_folds == 10 and cfg.data.rater in {"A1", "A2"}
+    for stage in ("rootlet", "grade"):  # the paper's optimiser and schedule
+        opt = hydra.utils.instantiate(cfg.model[stage].module.optimizer)(params=modules[stage].parameters())
+        assert type(opt).__name__ == "Adam"
+        assert (
+            cfg.model[stage].module.scheduler.mode == "max"
+            and cfg.model[stage].module.scheduler.factor == 0.5
+        )
+
+
+def test_paper_presets_follow_the_paper() -> None:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        for rater in ("a1", "a2"):
+            cfg = compose(config_name="train", overrides=[f"experiment=paper_{rater}"])
+            assert cfg.data.rater == rater.upper() and list(cfg.cv.raters) == [rater.upper()]
+            assert cfg.model.rootlet.trainer.max_epochs == 200 and cfg.model.grade.trainer.max_epochs == 100
+            assert cfg.model.rootlet.module.optimizer.lr == 1e-4 and cfg.model.grade.module.width == 1.0
+            assert cfg.model.detector.module.backbone == "resnet50_fpn"
+            assert cfg.model.grade.balanced is True
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp", "ddp_sim"])
+@pytest.mark.parametrize("debug", ["fdr", "overfit"])
+def test_trainer_and_debug_groups_compose(trainer: str, debug: str) -> None:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"trainer={trainer}", f"debug={debug}"])
+    assert cfg.trainer.accelerator in {"cpu", "gpu"}
+    assert "debug_trainer" in cfg

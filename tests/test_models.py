@@ -1,0 +1,180 @@
+"""The three LightningModules learn, report their metrics, and the Pipeline chains them correctly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lumbar_lightning.data.datamodules import PatchDataModule, SliceDataModule
+from lumbar_lightning.data.transforms import PatchGeometry
+from lumbar_lightning.models.nets import CanalVGG
+from lumbar_lightning.models.stages import CanalDetector, GradeClassifier, RootletClassifier
+from lumbar_lightning.pipeline import Pipeline, load_stage_weights
+
+DM = dict(num_folds=4, batch_size=16, eval_batch_size=64)
+
+
+def adam(lr: float):
+    return lambda params: torch.optim.Adam(params, lr=lr)
+
+
+def test_vgg_has_the_papers_layout() -> None:
+    net = CanalVGG(4, width=1.0, batch_norm=False)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    pools = [m for m in net.modules() if isinstance(m, nn.MaxPool2d)]
+    assert len(convs) == 10 and len(pools) == 4
+    assert [c.out_channels for c in convs] == [64, 64, 128, 128, 256, 256, 256, 512, 512, 512]
+    assert (
+        isinstance(net.pool, nn.AdaptiveAvgPool2d) and net.fc.in_features == 512 and net.fc.out_features == 4
+    )
+    assert net(torch.zeros(2, 1, 64, 64)).shape == (2, 4)
+    small = CanalVGG(1, width=0.125)
+    assert [c.out_channels for c in small.modules() if isinstance(c, nn.Conv2d)][-1] == 64
+
+
+def _overfit(module: L.LightningModule, batch: dict, steps: int) -> tuple[float, float]:
+    opt = module.configure_optimizers()
+    opt = opt["optimizer"] if isinstance(opt, dict) else opt
+    module.train()
+    losses = []
+    for _ in range(steps):
+        loss = module.training_step(batch, 0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    return losses[0], float(np.mean(losses[-3:]))
+
+
+@pytest.mark.parametrize(("task", "cls"), [("rootlet", RootletClassifier), ("grade", GradeClassifier)])
+def test_classifiers_learn_and_report_metrics(tiny_phantom: Path, task: str, cls: type) -> None:
+    L.seed_everything(0)
+    dm = PatchDataModule(task=task, patch=PatchGeometry(32), data_dir=str(tiny_phantom), augment={"enabled": False},
+                         **DM)  # fmt: skip
+    dm.setup()
+    module = cls(width=0.125, optimizer=adam(3e-3), scheduler=False)
+    module.log = lambda *a, **k: None  # outside a Trainer
+    batch = next(iter(dm.train_dataloader()))
+    first, last = _overfit(module, batch, 40)
+    assert last < 0.5 * first, (first, last)
+    # A short fit through a real Trainer computes every metric on the validation split.
+    module = cls(width=0.125, optimizer=adam(3e-3), scheduler=False)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=3, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    val = module.last_metrics["val"]
+    assert 0.0 <= val["val/acc"] <= 1.0 and 0.0 <= val["val/f1"] <= 1.0
+    assert all(f"val/f1_{c}" in val for c in module.class_names)
+    assert np.sum(val["val/confmat"]) == len(dm.sets["val"])
+    assert np.shape(val["val/confmat"]) == (len(module.class_names),) * 2
+    assert float(module.val_best.compute()) == pytest.approx(val["val/acc"])
+
+
+def test_detector_learns_and_reports_map_iou_and_detection_rate(tiny_phantom: Path) -> None:
+    L.seed_everything(0)
+    dm = SliceDataModule(image_size=96, data_dir=str(tiny_phantom), augment={"enabled": False}, **DM)
+    dm.setup()
+    module = CanalDetector(image_size=96, optimizer=adam(2e-3), scheduler=False)
+    module.log = lambda *a, **k: None
+    batch = next(iter(dm.train_dataloader()))
+    first, last = _overfit(module, batch, 25)
+    assert last < 0.6 * first, (first, last)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=2, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    val = module.last_metrics["val"]
+    assert set(val) == {"val/map_50", "val/map", "val/iou", "val/acc"}
+    assert (
+        0.0 <= val["val/iou"] <= 1.0 and 0.0 <= val["val/acc"] <= 1.0 and val["val/map_50"] >= val["val/map"]
+    )
+
+
+def test_detection_map_is_reset_every_epoch(tiny_phantom: Path) -> None:
+    dm = SliceDataModule(image_size=96, data_dir=str(tiny_phantom), augment={"enabled": False}, **DM)
+    dm.setup()
+    module = CanalDetector(image_size=96, scheduler=False)
+    trainer = L.Trainer(
+        limit_val_batches=1, logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    first = trainer.validate(module, datamodule=dm, verbose=False)[0]
+    second = trainer.validate(module, datamodule=dm, verbose=False)[0]
+    assert first["val/map"] == pytest.approx(second["val/map"])  # not accumulated across epochs
+    assert module.map_val.detection_box == []  # reset after compute
+
+
+class _FixedDetector(CanalDetector):
+    def predict_top_box(self, images):  # a known box, in detector-input pixels
+        n = len(images)
+        return torch.tensor([[8.0, 16.0, 24.0, 32.0]]).repeat(n, 1), torch.full((n,), 0.9)
+
+
+class _MeanLogit(nn.Module):
+    """Rootlet logit +6 for a bright patch, -6 for a dark one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x.mean(dim=(1, 2, 3)) > 0.5, 6.0, -6.0)[:, None]
+
+
+class _FixedLogits(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([[0.0, 1.0, 0.0, 0.0]]).repeat(len(x), 1)
+
+
+def test_pipeline_chains_stages_on_a_hand_built_case() -> None:
+    detector = _FixedDetector(image_size=64)
+    rootlet = RootletClassifier(width=0.125)
+    rootlet.net = _MeanLogit()
+    grader = GradeClassifier(width=0.125, prior_correction=True)
+    grader.net = _FixedLogits()
+    grader.set_class_prior(np.array([70, 10, 10, 10]))
+    pipe = Pipeline(detector, rootlet, grader, PatchGeometry(16, margin=0.0))
+    bright = np.zeros((128, 128), np.float32)
+    bright[32:64, 16:48] = 1.0  # exactly the detected box, scaled back (x 16..48, y 32..64)
+    dark = np.zeros((128, 128), np.float32)
+    preds = pipe.predict([bright, dark])
+    np.testing.assert_allclose(preds[0].box, [16, 32, 48, 64])  # 64-px detector box scaled to 128 px
+    assert preds[0].level == "rootlet" and preds[1].level == "cord"
+    assert preds[0].rootlet_prob == pytest.approx(1 / (1 + np.exp(-6)), rel=1e-5)
+    # Balanced: softmax([0,1,0,0]) picks B; with the prior (70/10/10/10) A wins: e^0*0.7 vs e^1*0.1.
+    balanced = np.exp([0, 1, 0, 0]) / np.exp([0, 1, 0, 0]).sum()
+    corrected = np.array([0.7, np.e * 0.1, 0.1, 0.1]) / (0.7 + np.e * 0.1 + 0.2)
+    np.testing.assert_allclose(preds[0].grade_probs_balanced, balanced, rtol=1e-5)
+    np.testing.assert_allclose(preds[0].grade_probs, corrected, rtol=1e-5)
+    assert preds[0].grade == "A" and preds[0].as_row()["pred_grade_balanced"] == "B"
+    assert preds[1].grade == ""  # cord slices are not graded
+    # Given boxes bypass the detector (the ground-truth-box path).
+    given = pipe.predict([dark], boxes=np.array([[0, 0, 10, 10]]))
+    np.testing.assert_allclose(given[0].box, [0, 0, 10, 10])
+
+
+def test_checkpoint_of_another_config_fails_clearly(tmp_path: Path) -> None:
+    small = GradeClassifier(width=0.125)
+    torch.save({"state_dict": small.state_dict()}, tmp_path / "small.ckpt")
+    load_stage_weights(GradeClassifier(width=0.125), tmp_path / "small.ckpt")
+    with pytest.raises(ValueError, match=r"does not fit the configured GradeClassifier"):
+        load_stage_weights(GradeClassifier(width=0.25), tmp_path / "small.ckpt")
+
+
+@pytest.mark.parametrize("backbone", ["compact", "mobilenet_v3_fpn", "resnet50_fpn"])
+def test_every_detector_backbone_trains_and_predicts(backbone: str, tmp_path: Path) -> None:
+    module = CanalDetector(backbone=backbone, image_size=64, anchor_sizes=(8, 16, 32), scheduler=False)
+    images = [torch.rand(1, 64, 64) for _ in range(2)]
+    targets = [{"boxes": torch.tensor([[20.0, 24.0, 40.0, 44.0]]), "labels": torch.tensor([1])}] * 2
+    losses = module.net(module._three_channels(images), targets)
+    assert {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"} == set(losses)
+    sum(losses.values()).backward()
+    boxes, scores = module.predict_top_box(images)
+    assert boxes.shape == (2, 4) and scores.shape == (2,)
+    # `pretrained` loads a local file only, and refuses one that fits nothing.
+    torch.save(module.net.state_dict(), tmp_path / "w.pt")
+    CanalDetector(
+        backbone=backbone, image_size=64, anchor_sizes=(8, 16, 32), pretrained=str(tmp_path / "w.pt")
+    )
+    torch.save({"unrelated": torch.zeros(3)}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="no tensor matches"):
+        CanalDetector(backbone=backbone, image_size=64, pretrained=str(tmp_path / "bad.pt"))
