@@ -1,11 +1,10 @@
-"""``lumbar-cv experiment=X``: every fold for every rater of ``cv.raters``, in one run folder.
+"""``lumbar-cv experiment=X``: every fold for every rater of ``cv.raters``, in one run folder, then the report.
 
 A fold whose ``metrics.json`` exists is skipped, so re-running the same command in the same folder resumes.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,9 @@ import hydra
 from omegaconf import DictConfig
 
 from lumbar_lightning.cli import CONF_DIR, exit_on_contract_error, log, output_dir
-from lumbar_lightning.data.dicom import atomic_write_text
+from lumbar_lightning.evaluation.report import write_cv_report
 from lumbar_lightning.runner import run_fold
+from lumbar_lightning.tracking import wandb_run
 from lumbar_lightning.train import fold_line
 
 
@@ -27,33 +27,37 @@ def cross_validate(cfg: DictConfig, root: Path | None = None) -> dict[str, Any]:
     root = Path(root) if root else output_dir()
     raters = list(cfg.cv.raters)
     folds = list(cfg.cv.folds) if cfg.cv.get("folds") is not None else list(range(cfg.data.num_folds))
-    results: dict[str, dict[int, dict[str, Any]]] = {r: {} for r in raters}
     for (rater, fold), out in fold_dirs(root, raters, folds).items():
-        done = out / "metrics.json"
-        if done.exists():
-            results[rater][fold] = json.loads(done.read_text())
+        if (out / "metrics.json").exists():
             log.info(f"fold {fold} rater {rater}: already done, skipped")
             continue
-        results[rater][fold] = run_fold(cfg, fold, rater, out)
-        log.info(f"fold {fold} rater {rater}: {fold_line(results[rater][fold])}")
-    summary = {
-        "raters": raters,
-        "folds": folds,
-        "per_fold": {r: {str(k): _brief(v) for k, v in res.items()} for r, res in results.items()},
-    }
-    atomic_write_text(root / "cv_folds.json", json.dumps(summary, indent=2))
-    log.info(f"cross-validation done: {root}")
+        metrics = run_fold(cfg, fold, rater, out)
+        log.info(f"fold {fold} rater {rater}: {fold_line(metrics)}")
+    summary = write_cv_report(root, seed=cfg.seed, title=f"lumbar-lightning cross-validation: {cfg.experiment_name}")
+    log_summary_run(cfg, root, summary)
+    for task in ("rootlet", "grade"):
+        for pair, row in summary[task].items():
+            log.info(f"{task} {pair}: {100 * row['accuracy']:.1f}% (macro F1 {100 * row['f1_macro']:.1f}, n={row['n']})")
+    log.info(f"report: {root / 'report.md'}")
     return summary
 
 
-def _brief(metrics: dict[str, Any]) -> dict[str, float]:
-    return {
-        "detection_rate": metrics["detector"].get("test/acc", float("nan")),
-        "rootlet_acc": metrics["rootlet"]["chained"]["accuracy"],
-        "grade_acc": metrics["grade"]["chained"]["accuracy"],
-        "grade_f1": metrics["grade"]["chained"]["f1_macro"],
-        "seconds": metrics.get("seconds", float("nan")),
-    }
+def log_summary_run(cfg: DictConfig, root: Path, summary: dict[str, Any]) -> None:
+    """The cross-validation summary as its own W&B run in the group: study tables, scalars, figures."""
+    with wandb_run(cfg, "cv-summary", root / "logs", job_type="cv-summary") as run:
+        if run is None:
+            return
+        import wandb
+
+        columns = ["pair", "n", "accuracy", "ci_low", "ci_high", "f1_macro", "kappa", "kappa_quadratic", "ttest_p"]
+        for task in ("rootlet", "grade"):
+            rows = [
+                [pair, r["n"], r["accuracy"], *r["accuracy_ci95"], r["f1_macro"], r["kappa"], r["kappa_quadratic"], r["ttest"]["p"]]
+                for pair, r in summary[task].items()
+            ]
+            run.log({f"study/{task}": wandb.Table(columns=columns, data=rows)})
+            run.log({f"figures/confusion_{task}": wandb.Image(str(root / "figures" / f"confusion_{task}.png"))})
+            run.summary.update({f"{task}/{pair}/accuracy": r["accuracy"] for pair, r in summary[task].items()})
 
 
 @hydra.main(config_path=CONF_DIR, config_name="cv", version_base="1.3")

@@ -26,6 +26,7 @@ from lumbar_lightning.data.transforms import PatchGeometry
 from lumbar_lightning.evaluation.agreement import agreement
 from lumbar_lightning.models.stages import CanalDetector, GradeClassifier, RootletClassifier, StageModule
 from lumbar_lightning.pipeline import Pipeline, load_stage_weights
+from lumbar_lightning.tracking import confusion_plot, finish_active_run, run_config, wandb_run, wandb_settings
 
 log = logging.getLogger("lumbar_lightning")
 STAGES = ("detector", "rootlet", "grade")
@@ -59,7 +60,7 @@ def _data_kwargs(cfg: DictConfig, fold: int, rater: str, stage_cfg: DictConfig) 
     }
 
 
-def _trainer(cfg: DictConfig, stage: str, stage_cfg: DictConfig, out_dir: Path, monitor: str) -> L.Trainer:
+def _trainer(cfg: DictConfig, stage: str, stage_cfg: DictConfig, out_dir: Path, monitor: str, run_name: str) -> L.Trainer:
     """A Trainer for one stage: the configured trainer, the stage's epochs, best/last checkpoints on ``monitor``."""
     callbacks = [
         L.pytorch.callbacks.ModelCheckpoint(
@@ -77,21 +78,23 @@ def _trainer(cfg: DictConfig, stage: str, stage_cfg: DictConfig, out_dir: Path, 
     loggers: list[Any] = []
     for lg_cfg in (cfg.get("logger") or {}).values():
         if lg_cfg is not None and "_target_" in lg_cfg:
-            loggers.append(hydra.utils.instantiate(lg_cfg, save_dir=str(out_dir / "logs"), name=stage))
+            loggers.append(hydra.utils.instantiate(lg_cfg, save_dir=str(out_dir / "logs"), name=run_name))
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     kwargs.update(OmegaConf.to_container(stage_cfg.trainer, resolve=True) if stage_cfg.get("trainer") else {})
     if cfg.get("debug_trainer"):
         kwargs.update(OmegaConf.to_container(cfg.debug_trainer, resolve=True))
     kwargs.pop("_target_", None)
+    for lg in loggers:  # the whole run config, not only the module's hyperparameters
+        lg.log_hyperparams({"run": run_config(cfg), "stage": stage})
     return L.Trainer(**kwargs, callbacks=callbacks, logger=loggers or False, default_root_dir=str(out_dir))
 
 
 def _fit_stage(cfg: DictConfig, stage: str, module: StageModule, datamodule: L.LightningDataModule,
-               out_dir: Path) -> dict[str, Any]:  # fmt: skip
+               out_dir: Path, run_name: str) -> dict[str, Any]:  # fmt: skip
     """Fit, reload the best checkpoint (weights only), test it on the rater's own boxes."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     stage_cfg = cfg.model[stage]
-    trainer = _trainer(cfg, stage, stage_cfg, out_dir, module.monitor)
+    trainer = _trainer(cfg, stage, stage_cfg, out_dir, module.monitor, run_name)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
     fit_seconds = time.perf_counter() - start
@@ -103,7 +106,21 @@ def _fit_stage(cfg: DictConfig, stage: str, module: StageModule, datamodule: L.L
     metrics["best_val"] = float(module.val_best.compute()) if module.val_best.update_count else float("nan")
     metrics["epochs"] = int(trainer.current_epoch)
     metrics["fit_seconds"] = round(fit_seconds, 2)
+    if wandb_settings(cfg) is not None and "test/confmat" in metrics:
+        _log_confusion(trainer, metrics["test/confmat"], list(module.class_names), f"{run_name} test (rater boxes)")
+    finish_active_run()
     return metrics
+
+
+def _log_confusion(trainer: L.Trainer, confmat: list[list[int]], classes: list[str], title: str) -> None:
+    """A W&B confusion-matrix plot rebuilt from the counts (the run is Lightning's WandbLogger's)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    y_true = [i for i, row in enumerate(confmat) for j, n in enumerate(row) for _ in range(int(n))]
+    y_pred = [j for i, row in enumerate(confmat) for j, n in enumerate(row) for _ in range(int(n))]
+    for lg in trainer.loggers:
+        if isinstance(lg, WandbLogger) and y_true:
+            lg.experiment.log({"test/confusion_matrix": confusion_plot(y_true, y_pred, classes, title)})
 
 
 def build_modules(cfg: DictConfig) -> dict[str, StageModule]:
@@ -117,6 +134,7 @@ def run_fold(cfg: DictConfig, fold: int, rater: str, out_dir: Path) -> dict[str,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    cfg = OmegaConf.merge(cfg, {"data": {"rater": rater, "fold": fold}})  # what loggers record is this run
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     dataset = prepare_data(cfg)
@@ -135,7 +153,7 @@ def run_fold(cfg: DictConfig, fold: int, rater: str, out_dir: Path) -> dict[str,
     )
     det_dm.setup()
     metrics["splits"] = det_dm.describe()
-    metrics["detector"] = _fit_stage(cfg, "detector", detector, det_dm, out_dir)
+    metrics["detector"] = _fit_stage(cfg, "detector", detector, det_dm, out_dir, f"{rater}-detector-fold{fold}")
     for stage, module in (("rootlet", rootlet), ("grade", grader)):
         stage_cfg = cfg.model[stage]
         dm = PatchDataModule(task=stage, patch=geometry, balanced=stage_cfg.balanced,
@@ -143,7 +161,7 @@ def run_fold(cfg: DictConfig, fold: int, rater: str, out_dir: Path) -> dict[str,
                              **_data_kwargs(cfg, fold, rater, stage_cfg))  # fmt: skip
         dm.setup()
         module.set_class_prior(dm.class_counts("train"))
-        metrics[stage] = {"gt_box": _fit_stage(cfg, stage, module, dm, out_dir)}
+        metrics[stage] = {"gt_box": _fit_stage(cfg, stage, module, dm, out_dir, f"{rater}-{stage}-fold{fold}")}
 
     pipeline = Pipeline(detector, rootlet, grader, geometry, batch_size=cfg.data.eval_batch_size)
     predictions = predict_test_images(pipeline, dataset, det_dm.rows["test"]["patient"].unique(), fold, rater)
@@ -151,8 +169,40 @@ def run_fold(cfg: DictConfig, fold: int, rater: str, out_dir: Path) -> dict[str,
     metrics["rootlet"]["chained"], metrics["grade"]["chained"] = chained_metrics(predictions, rater)
     metrics["grade"]["chained_balanced"] = chained_metrics(predictions, rater, balanced=True)[1]
     metrics["seconds"] = round(time.perf_counter() - start, 1)
+    log_pipeline_run(cfg, f"{rater}-pipeline-fold{fold}", out_dir, metrics, predictions)
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, default=float))
     return metrics
+
+
+def flat_scalars(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested metrics dict as ``a/b/c`` keys (for loggers)."""
+    out: dict[str, float] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_scalars(value, f"{name}/"))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+def log_pipeline_run(cfg: DictConfig, name: str, out_dir: Path, metrics: dict[str, Any], predictions: pd.DataFrame) -> None:
+    """The fold's chained results as a W&B run: metrics, confusion matrices, the per-image predictions table."""
+    with wandb_run(cfg, name, out_dir / "logs", job_type="pipeline") as run:
+        if run is None:
+            return
+        import wandb
+
+        rater = metrics["rater"]
+        run.log(flat_scalars({k: metrics[k] for k in ("detector", "rootlet", "grade")}))
+        for task, column, classes in (("rootlet", "level", list(LEVEL_INDEX)), ("grade", "grade", list(GRADES))):
+            pred_col = "pred_level" if task == "rootlet" else "pred_grade"
+            rows = predictions[(predictions[f"{column}_{rater}"] != "") & (predictions[pred_col] != "")]
+            if len(rows):
+                y_true = [classes.index(v) for v in rows[f"{column}_{rater}"]]
+                y_pred = [classes.index(v) for v in rows[pred_col]]
+                run.log({f"chained/{task}_confusion": confusion_plot(y_true, y_pred, classes, f"{name} {task}")})
+        run.log({"predictions": wandb.Table(dataframe=predictions.astype(str))})
 
 
 def predict_test_images(pipeline: Pipeline, dataset: LumbarDataset, patients: np.ndarray, fold: int,

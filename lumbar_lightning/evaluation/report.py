@@ -1,0 +1,118 @@
+"""``cv_summary.json`` and ``report.md`` for a finished cross-validation run folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lumbar_lightning.data.dicom import atomic_write_text
+from lumbar_lightning.data.labels import GRADES
+from lumbar_lightning.evaluation.figures import confusion_grid
+from lumbar_lightning.evaluation.statistics import fold_summary
+from lumbar_lightning.evaluation.study import PAPER, load_cv_predictions, study_tables
+
+SUMMARY_KEYS = ("n", "accuracy", "accuracy_ci95", "f1_macro", "f1_per_class", "kappa", "kappa_quadratic", "ttest",
+                "confusion_matrix", "classes")  # fmt: skip
+
+
+def per_fold_metrics(root: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean and spread across folds of each rater's chained metrics (from every fold's metrics.json)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for rater_dir in sorted(p for p in root.iterdir() if p.is_dir() and any(p.glob("fold_*/metrics.json"))):
+        folds = [json.loads(f.read_text()) for f in sorted(rater_dir.glob("fold_*/metrics.json"))]
+        series = {
+            "detection_rate": [m["detector"].get("test/acc", np.nan) for m in folds],
+            "detection_iou": [m["detector"].get("test/iou", np.nan) for m in folds],
+            "rootlet_accuracy": [m["rootlet"]["chained"]["accuracy"] for m in folds],
+            "grade_accuracy": [m["grade"]["chained"]["accuracy"] for m in folds],
+            "grade_f1_macro": [m["grade"]["chained"]["f1_macro"] for m in folds],
+            "grade_accuracy_balanced": [m["grade"]["chained_balanced"]["accuracy"] for m in folds],
+            "grade_f1_macro_balanced": [m["grade"]["chained_balanced"]["f1_macro"] for m in folds],
+            "seconds": [m.get("seconds", np.nan) for m in folds],
+        }
+        out[rater_dir.name] = {k: {**fold_summary(v), "values": [float(x) for x in v]} for k, v in series.items()}
+    return out
+
+
+def cv_summary(root: Path | str, seed: int = 0) -> dict[str, Any]:
+    root = Path(root)
+    frame = load_cv_predictions(root)
+    tables = study_tables(frame, seed)
+    return {
+        "rootlet": {p: {k: v for k, v in row.items() if k in SUMMARY_KEYS} for p, row in tables["rootlet"].items()},
+        "grade": {p: {k: v for k, v in row.items() if k in SUMMARY_KEYS} for p, row in tables["grade"].items()},
+        "per_level": tables["per_level"],
+        "grade_distribution": tables["grade_distribution"],
+        "per_fold": per_fold_metrics(root),
+        "paper": PAPER,
+        "paper_comparable_f1": tables["paper_comparable_f1"],
+        "images": len(frame),
+    }
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None or not np.isfinite(x) else f"{100 * x:.1f}"
+
+
+def render_report(summary: dict[str, Any], title: str = "lumbar-lightning cross-validation") -> str:
+    """Markdown: our numbers beside the paper's, per task, then distributions, levels and folds."""
+    lines = [f"# {title}", ""]
+    lines += [
+        "Agreement on the images every rater labelled (rootlet/cord) or graded (grade). Ck is the pipeline trained",
+        "on rater Ak's labels, chained as in the paper (detected box, then classifiers). F1 is macro F1 (the mean",
+        "of per-class F1 over the classes present), the figure we compare with the paper's F1.",
+        "",
+    ]
+    for task, name in (("rootlet", "Rootlet / cord"), ("grade", "Stenosis grade")):
+        lines += [f"## {name}", "", "| pair | n | agreement % (95% CI) | macro F1 % | kappa | quadratic kappa | "
+                  "paired t-test p | paper agreement % | paper F1 % |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for pair, row in summary[task].items():
+            lo, hi = row.get("accuracy_ci95", [np.nan, np.nan])
+            paper = summary["paper"].get(task, {}).get(pair)
+            lines.append(
+                f"| {pair} | {row['n']} | {_pct(row['accuracy'])} ({_pct(lo)}-{_pct(hi)}) | {_pct(row['f1_macro'])} | "
+                f"{row['kappa']:.3f} | {row.get('kappa_quadratic', float('nan')):.3f} | {row['ttest']['p']:.3g} | "
+                f"{paper[0] if paper else ''} | {paper[1] if paper else ''} |"
+            )
+        lines += ["", f"![{name} confusion matrices](figures/confusion_{task}.png)", ""]
+    lines += ["## Grade distribution (%)", "", "| reader | A | B | C | D |", "|---|---|---|---|---|"]
+    for who, dist in summary["grade_distribution"].items():
+        lines.append(f"| {who} | " + " | ".join(_pct(dist[g]) for g in GRADES) + " |")
+    for who, dist in summary["paper"]["grade_distribution"].items():
+        lines.append(f"| paper {who} | " + " | ".join(f"{v:.1f}" for v in dist) + " |")
+    lines += ["", "## Agreement per vertebral level (%)", ""]
+    for task in ("rootlet", "grade"):
+        levels = summary["per_level"][task]
+        if not levels:
+            continue
+        pairs = list(next(iter(levels.values())))
+        lines += [f"**{task}**", "", "| level | n | " + " | ".join(pairs) + " |", "|---|---|" + "---|" * len(pairs)]
+        for level, row in levels.items():
+            n = next(iter(row.values()))["n"]
+            lines.append(f"| {level} | {n} | " + " | ".join(_pct(row[p]["accuracy"]) for p in pairs) + " |")
+        lines.append("")
+    lines += ["## Across folds (mean ± sd of the chained pipeline against its own rater)", "",
+              "| rater | detection rate % | rootlet % | grade % | grade macro F1 % | grade % (no prior correction) | "
+              "grade macro F1 % (no prior correction) | s per fold |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for rater, m in summary["per_fold"].items():
+        cells = [f"{_pct(m[k]['mean'])} ± {_pct(m[k]['std'])}" for k in
+                 ("detection_rate", "rootlet_accuracy", "grade_accuracy", "grade_f1_macro",
+                  "grade_accuracy_balanced", "grade_f1_macro_balanced")]  # fmt: skip
+        lines.append(f"| {rater} | " + " | ".join(cells) + f" | {m['seconds']['mean']:.0f} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_cv_report(root: Path | str, seed: int = 0, title: str | None = None) -> dict[str, Any]:
+    """Write ``cv_summary.json``, ``report.md`` and the confusion-matrix figures into the run folder."""
+    root = Path(root)
+    summary = cv_summary(root, seed)
+    for task in ("rootlet", "grade"):
+        pairs = [p for p in summary[task] if not p.startswith("truth-")] + [p for p in summary[task] if p.startswith("truth-")]
+        confusion_grid(summary[task], pairs, f"{task}: reference reader on rows", root / "figures" / f"confusion_{task}.png")
+    atomic_write_text(root / "cv_summary.json", json.dumps(summary, indent=2, default=float))
+    atomic_write_text(root / "report.md", render_report(summary, title or f"lumbar-lightning cross-validation: {root.name}"))
+    return summary

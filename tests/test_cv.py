@@ -1,0 +1,92 @@
+"""A tiny cross-validation end to end: study tables, cv_summary.json, report, and what W&B recorded offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from wandb_offline import offline_runs
+
+from lumbar_lightning.cli import CONF_DIR
+from lumbar_lightning.cv import cross_validate
+from lumbar_lightning.evaluation.study import load_cv_predictions, task_set
+
+TINY_CV = [
+    "data.num_folds=4", "data.patch.size=24", "model.detector.module.image_size=96",
+    "model.rootlet.module.width=0.125", "model.grade.module.width=0.125",
+    "model.detector.trainer.max_epochs=1", "+model.detector.trainer.limit_train_batches=2",
+    "model.rootlet.trainer.max_epochs=1", "model.grade.trainer.max_epochs=1",
+    "model.rootlet.samples_per_epoch=64", "model.grade.samples_per_epoch=64",
+    "trainer.enable_progress_bar=false", "experiment_name=tinycv",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_cv(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cv")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="cv", overrides=[f"data.data_dir={tiny_phantom}", "logger=wandb", *TINY_CV])
+    cross_validate(cfg, root=root)
+    return root
+
+
+def test_every_image_is_tested_once_per_rater(tiny_cv: Path, tiny_phantom: Path) -> None:
+    frame = load_cv_predictions(tiny_cv)
+    truth = pd.read_csv(tiny_phantom / "truth.csv")
+    assert frame["sop_instance_uid"].is_unique
+    assert set(frame["sop_instance_uid"]) == set(truth["sop_instance_uid"])
+    assert (frame["fold_C1"] == frame["fold_C2"]).all()  # the same folds for both classifiers
+    assert {"level_C1", "grade_C1", "level_C2", "grade_C2", "level_truth"} <= set(frame.columns)
+
+
+def test_cv_summary_has_the_study_pairs_and_checks_out(tiny_cv: Path) -> None:
+    summary = json.loads((tiny_cv / "cv_summary.json").read_text())
+    for task in ("rootlet", "grade"):
+        assert {"A1-A2", "A1-C1", "A2-C2", "C1-C2", "truth-C1", "truth-C2", "truth-A1"} <= set(summary[task])
+        for row in summary[task].values():
+            assert {"accuracy", "f1_macro", "kappa", "n"} <= set(row)
+            assert 0.0 <= row["accuracy"] <= 1.0 and row["n"] > 0
+            lo, hi = row["accuracy_ci95"]
+            assert lo <= row["accuracy"] <= hi
+    assert "kappa_quadratic" in summary["grade"]["A1-C1"]
+    # The inter-rater figure recomputed from the raw predictions agrees with the summary.
+    frame = load_cv_predictions(tiny_cv)
+    graded = task_set(frame, "grade")
+    assert summary["grade"]["A1-A2"]["n"] == len(graded)
+    assert summary["grade"]["A1-A2"]["accuracy"] == pytest.approx((graded["grade_A1"] == graded["grade_A2"]).mean())
+    dist = summary["grade_distribution"]
+    assert set(dist) >= {"A1", "A2", "C1", "C2", "truth"}
+    assert sum(dist["A1"].values()) == pytest.approx(1.0)
+    assert set(summary["per_fold"]) == {"A1", "A2"} and summary["per_fold"]["A1"]["grade_accuracy"]["n_folds"] == 4
+
+
+def test_report_and_figures(tiny_cv: Path) -> None:
+    report = (tiny_cv / "report.md").read_text()
+    assert "| A1-C1 |" in report and "91.5" in report and "paper" in report
+    for task in ("rootlet", "grade"):
+        png = tiny_cv / "figures" / f"confusion_{task}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"figures/confusion_{task}.png" in report
+
+
+def test_wandb_offline_runs_are_one_per_rater_stage_fold(tiny_cv: Path) -> None:
+    runs = offline_runs(tiny_cv)
+    expected = {f"{r}-{s}-fold{k}" for r in ("A1", "A2") for s in ("detector", "rootlet", "grade", "pipeline") for k in range(4)}
+    assert expected | {"cv-summary"} == set(runs)
+    assert {r["group"] for r in runs.values()} == {"tinycv"}
+    grade = runs["A2-grade-fold1"]
+    assert grade["config"]["run"]["data"]["rater"] == "A2" and grade["config"]["stage"] == "grade"
+    assert grade["config"]["run"]["model"]["grade"]["module"]["width"] == 0.125
+    keys = set().union(*grade["history"])
+    assert {"train/loss_epoch", "val/acc", "val/acc_best", "test/acc", "test/f1", "test/f1_D"} <= keys
+    assert any(k.startswith("test/confusion_matrix") for k in keys)
+    pipeline = runs["A1-pipeline-fold0"]
+    tables = list((pipeline["dir"] / "files" / "media" / "table").glob("predictions_*.table.json"))
+    assert len(tables) == 1
+    table = json.loads(tables[0].read_text())
+    assert "sop_instance_uid" in table["columns"] and "pred_grade" in table["columns"]
+    assert not any(str(v).startswith("PHANTOM-") for row in table["data"] for v in row)  # pseudonyms only
+    summary_keys = set().union(*runs["cv-summary"]["history"])
+    assert any(k.startswith("study/grade") for k in summary_keys)
