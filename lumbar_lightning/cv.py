@@ -33,11 +33,15 @@ def cross_validate(cfg: DictConfig, root: Path | None = None) -> dict[str, Any]:
             continue
         metrics = run_fold(cfg, fold, rater, out)
         log.info(f"fold {fold} rater {rater}: {fold_line(metrics)}")
-    summary = write_cv_report(root, seed=cfg.seed, title=f"lumbar-lightning cross-validation: {cfg.experiment_name}")
+    summary = write_cv_report(
+        root, seed=cfg.seed, title=f"lumbar-lightning cross-validation: {cfg.experiment_name}"
+    )
     log_summary_run(cfg, root, summary)
     for task in ("rootlet", "grade"):
         for pair, row in summary[task].items():
-            log.info(f"{task} {pair}: {100 * row['accuracy']:.1f}% (macro F1 {100 * row['f1_macro']:.1f}, n={row['n']})")
+            log.info(
+                f"{task} {pair}: {100 * row['accuracy']:.1f}% (macro F1 {100 * row['f1_macro']:.1f}, n={row['n']})"
+            )
     log.info(f"report: {root / 'report.md'}")
     return summary
 
@@ -49,15 +53,38 @@ def log_summary_run(cfg: DictConfig, root: Path, summary: dict[str, Any]) -> Non
             return
         import wandb
 
-        columns = ["pair", "n", "accuracy", "ci_low", "ci_high", "f1_macro", "kappa", "kappa_quadratic", "ttest_p"]
+        columns = [
+            "pair",
+            "n",
+            "accuracy",
+            "ci_low",
+            "ci_high",
+            "f1_macro",
+            "kappa",
+            "kappa_quadratic",
+            "ttest_p",
+        ]
         for task in ("rootlet", "grade"):
             rows = [
-                [pair, r["n"], r["accuracy"], *r["accuracy_ci95"], r["f1_macro"], r["kappa"], r["kappa_quadratic"], r["ttest"]["p"]]
+                [
+                    pair,
+                    r["n"],
+                    r["accuracy"],
+                    *r["accuracy_ci95"],
+                    r["f1_macro"],
+                    r["kappa"],
+                    r["kappa_quadratic"],
+                    r["ttest"]["p"],
+                ]
                 for pair, r in summary[task].items()
             ]
             run.log({f"study/{task}": wandb.Table(columns=columns, data=rows)})
-            run.log({f"figures/confusion_{task}": wandb.Image(str(root / "figures" / f"confusion_{task}.png"))})
-            run.summary.update({f"{task}/{pair}/accuracy": r["accuracy"] for pair, r in summary[task].items()})
+            run.log(
+                {f"figures/confusion_{task}": wandb.Image(str(root / "figures" / f"confusion_{task}.png"))}
+            )
+            run.summary.update(
+                {f"{task}/{pair}/accuracy": r["accuracy"] for pair, r in summary[task].items()}
+            )
 
 
 @hydra.main(config_path=CONF_DIR, config_name="cv", version_base="1.3")

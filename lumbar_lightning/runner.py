@@ -60,7 +60,9 @@ def _data_kwargs(cfg: DictConfig, fold: int, rater: str, stage_cfg: DictConfig) 
     }
 
 
-def _trainer(cfg: DictConfig, stage: str, stage_cfg: DictConfig, out_dir: Path, monitor: str, run_name: str) -> L.Trainer:
+def _trainer(
+    cfg: DictConfig, stage: str, stage_cfg: DictConfig, out_dir: Path, monitor: str, run_name: str
+) -> L.Trainer:
     """A Trainer for one stage: the configured trainer, the stage's epochs, best/last checkpoints on ``monitor``."""
     callbacks = [
         L.pytorch.callbacks.ModelCheckpoint(
@@ -107,7 +109,9 @@ def _fit_stage(cfg: DictConfig, stage: str, module: StageModule, datamodule: L.L
     metrics["epochs"] = int(trainer.current_epoch)
     metrics["fit_seconds"] = round(fit_seconds, 2)
     if wandb_settings(cfg) is not None and "test/confmat" in metrics:
-        _log_confusion(trainer, metrics["test/confmat"], list(module.class_names), f"{run_name} test (rater boxes)")
+        _log_confusion(
+            trainer, metrics["test/confmat"], list(module.class_names), f"{run_name} test (rater boxes)"
+        )
     finish_active_run()
     return metrics
 
@@ -153,7 +157,9 @@ def run_fold(cfg: DictConfig, fold: int, rater: str, out_dir: Path) -> dict[str,
     )
     det_dm.setup()
     metrics["splits"] = det_dm.describe()
-    metrics["detector"] = _fit_stage(cfg, "detector", detector, det_dm, out_dir, f"{rater}-detector-fold{fold}")
+    metrics["detector"] = _fit_stage(
+        cfg, "detector", detector, det_dm, out_dir, f"{rater}-detector-fold{fold}"
+    )
     for stage, module in (("rootlet", rootlet), ("grade", grader)):
         stage_cfg = cfg.model[stage]
         dm = PatchDataModule(task=stage, patch=geometry, balanced=stage_cfg.balanced,
@@ -161,7 +167,9 @@ def run_fold(cfg: DictConfig, fold: int, rater: str, out_dir: Path) -> dict[str,
                              **_data_kwargs(cfg, fold, rater, stage_cfg))  # fmt: skip
         dm.setup()
         module.set_class_prior(dm.class_counts("train"))
-        metrics[stage] = {"gt_box": _fit_stage(cfg, stage, module, dm, out_dir, f"{rater}-{stage}-fold{fold}")}
+        metrics[stage] = {
+            "gt_box": _fit_stage(cfg, stage, module, dm, out_dir, f"{rater}-{stage}-fold{fold}")
+        }
 
     pipeline = Pipeline(detector, rootlet, grader, geometry, batch_size=cfg.data.eval_batch_size)
     predictions = predict_test_images(pipeline, dataset, det_dm.rows["test"]["patient"].unique(), fold, rater)
@@ -186,7 +194,9 @@ def flat_scalars(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
-def log_pipeline_run(cfg: DictConfig, name: str, out_dir: Path, metrics: dict[str, Any], predictions: pd.DataFrame) -> None:
+def log_pipeline_run(
+    cfg: DictConfig, name: str, out_dir: Path, metrics: dict[str, Any], predictions: pd.DataFrame
+) -> None:
     """The fold's chained results as a W&B run: metrics, confusion matrices, the per-image predictions table."""
     with wandb_run(cfg, name, out_dir / "logs", job_type="pipeline") as run:
         if run is None:
@@ -195,13 +205,18 @@ def log_pipeline_run(cfg: DictConfig, name: str, out_dir: Path, metrics: dict[st
 
         rater = metrics["rater"]
         run.log(flat_scalars({k: metrics[k] for k in ("detector", "rootlet", "grade")}))
-        for task, column, classes in (("rootlet", "level", list(LEVEL_INDEX)), ("grade", "grade", list(GRADES))):
+        for task, column, classes in (
+            ("rootlet", "level", list(LEVEL_INDEX)),
+            ("grade", "grade", list(GRADES)),
+        ):
             pred_col = "pred_level" if task == "rootlet" else "pred_grade"
             rows = predictions[(predictions[f"{column}_{rater}"] != "") & (predictions[pred_col] != "")]
             if len(rows):
                 y_true = [classes.index(v) for v in rows[f"{column}_{rater}"]]
                 y_pred = [classes.index(v) for v in rows[pred_col]]
-                run.log({f"chained/{task}_confusion": confusion_plot(y_true, y_pred, classes, f"{name} {task}")})
+                run.log(
+                    {f"chained/{task}_confusion": confusion_plot(y_true, y_pred, classes, f"{name} {task}")}
+                )
         run.log({"predictions": wandb.Table(dataframe=predictions.astype(str))})
 
 

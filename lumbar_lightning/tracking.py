@@ -19,7 +19,11 @@ def wandb_settings(cfg: DictConfig) -> dict[str, Any] | None:
     node = (cfg.get("logger") or {}).get("wandb")
     if node is None:
         return None
-    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k in {"project", "group", "mode", "tags", "entity"}}
+    return {
+        k: v
+        for k, v in OmegaConf.to_container(node, resolve=True).items()
+        if k in {"project", "group", "mode", "tags", "entity"}
+    }
 
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:

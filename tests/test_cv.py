@@ -56,11 +56,16 @@ def test_cv_summary_has_the_study_pairs_and_checks_out(tiny_cv: Path) -> None:
     frame = load_cv_predictions(tiny_cv)
     graded = task_set(frame, "grade")
     assert summary["grade"]["A1-A2"]["n"] == len(graded)
-    assert summary["grade"]["A1-A2"]["accuracy"] == pytest.approx((graded["grade_A1"] == graded["grade_A2"]).mean())
+    assert summary["grade"]["A1-A2"]["accuracy"] == pytest.approx(
+        (graded["grade_A1"] == graded["grade_A2"]).mean()
+    )
     dist = summary["grade_distribution"]
     assert set(dist) >= {"A1", "A2", "C1", "C2", "truth"}
     assert sum(dist["A1"].values()) == pytest.approx(1.0)
-    assert set(summary["per_fold"]) == {"A1", "A2"} and summary["per_fold"]["A1"]["grade_accuracy"]["n_folds"] == 4
+    assert (
+        set(summary["per_fold"]) == {"A1", "A2"}
+        and summary["per_fold"]["A1"]["grade_accuracy"]["n_folds"] == 4
+    )
 
 
 def test_report_and_figures(tiny_cv: Path) -> None:
@@ -73,7 +78,12 @@ def test_report_and_figures(tiny_cv: Path) -> None:
 
 def test_wandb_offline_runs_are_one_per_rater_stage_fold(tiny_cv: Path) -> None:
     runs = offline_runs(tiny_cv)
-    expected = {f"{r}-{s}-fold{k}" for r in ("A1", "A2") for s in ("detector", "rootlet", "grade", "pipeline") for k in range(4)}
+    expected = {
+        f"{r}-{s}-fold{k}"
+        for r in ("A1", "A2")
+        for s in ("detector", "rootlet", "grade", "pipeline")
+        for k in range(4)
+    }
     assert expected | {"cv-summary"} == set(runs)
     assert {r["group"] for r in runs.values()} == {"tinycv"}
     grade = runs["A2-grade-fold1"]
@@ -90,3 +100,35 @@ def test_wandb_offline_runs_are_one_per_rater_stage_fold(tiny_cv: Path) -> None:
     assert not any(str(v).startswith("PHANTOM-") for row in table["data"] for v in row)  # pseudonyms only
     summary_keys = set().union(*runs["cv-summary"]["history"])
     assert any(k.startswith("study/grade") for k in summary_keys)
+
+
+def test_compare_two_runs(tiny_cv: Path, tiny_phantom: Path, tmp_path: Path) -> None:
+    """Run B: Classifier2 alone with another seed; compared with run A's C1 and C2 on the common images."""
+    import subprocess
+    import sys
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="cv", overrides=[f"data.data_dir={tiny_phantom}", "logger=none", "cv.raters=[A2]",
+                                                   "seed=3", *TINY_CV])  # fmt: skip
+    cross_validate(cfg, root=tmp_path / "b")
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, "-m", "lumbar_lightning.compare", f"run_a={tiny_cv}", f"run_b={tmp_path / 'b'}",
+           f"out_dir={out}", f"hydra.run.dir={tmp_path / 'h'}"]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert comparison["images"] == len(pd.read_csv(tiny_phantom / "truth.csv"))
+    tests = comparison["grade"]["tests"]
+    assert {"A1: C1@a vs C2@b", "A2: C2@a vs C2@b", "truth: C1@a vs C2@b"} <= set(tests)
+    for t in tests.values():
+        assert 0.0 <= t["mcnemar"]["p"] <= 1.0 and t["per_fold_ttest"]["folds"] == 4
+        assert t["significant"] == (t["mcnemar"]["p"] < 0.05 or t["per_fold_ttest"]["p"] < 0.05)
+    # The agreement of run A's C1 with A1 here equals what run A's own summary says.
+    own = json.loads((tiny_cv / "cv_summary.json").read_text())["grade"]
+    frame = load_cv_predictions(tiny_cv)
+    assert "A1-C1@a" in comparison["grade"]["agreement"] and own["A1-C1"]["n"] <= len(frame)
+    md = (out / "comparison.md").read_text()
+    assert "McNemar" in md and (out / "comparison_grade.png").exists()
+    bad = subprocess.run([sys.executable, "-m", "lumbar_lightning.compare", f"run_a={tiny_cv}", f"run_b={tmp_path}",
+                          f"hydra.run.dir={tmp_path / 'h2'}"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr

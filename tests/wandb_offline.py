@@ -57,9 +57,13 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         elif kind == "config":
             run["config"].update({i.key: json.loads(i.value_json) for i in rec.config.update})
         elif kind == "history":
-            run["history"].append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.history.item})
+            run["history"].append(
+                {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.history.item}
+            )
         elif kind == "summary":
-            run["summary"].update({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.summary.update})
+            run["summary"].update(
+                {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.summary.update}
+            )
     return run
 
 

@@ -8,11 +8,13 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
-def confusion_grid(tables: dict[str, dict[str, Any]], pairs: list[str], title: str, out_png: Path | str) -> Path:
+def confusion_grid(
+    tables: dict[str, dict[str, Any]], pairs: list[str], title: str, out_png: Path | str
+) -> Path:
     """One panel per pair: counts with row-normalised shading, agreement and n in the panel title."""
     pairs = [p for p in pairs if p in tables and tables[p].get("n")]
     cols = max(1, min(4, len(pairs)))

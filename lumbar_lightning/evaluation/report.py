@@ -33,7 +33,9 @@ def per_fold_metrics(root: Path) -> dict[str, dict[str, dict[str, float]]]:
             "grade_f1_macro_balanced": [m["grade"]["chained_balanced"]["f1_macro"] for m in folds],
             "seconds": [m.get("seconds", np.nan) for m in folds],
         }
-        out[rater_dir.name] = {k: {**fold_summary(v), "values": [float(x) for x in v]} for k, v in series.items()}
+        out[rater_dir.name] = {
+            k: {**fold_summary(v), "values": [float(x) for x in v]} for k, v in series.items()
+        }
     return out
 
 
@@ -42,8 +44,12 @@ def cv_summary(root: Path | str, seed: int = 0) -> dict[str, Any]:
     frame = load_cv_predictions(root)
     tables = study_tables(frame, seed)
     return {
-        "rootlet": {p: {k: v for k, v in row.items() if k in SUMMARY_KEYS} for p, row in tables["rootlet"].items()},
-        "grade": {p: {k: v for k, v in row.items() if k in SUMMARY_KEYS} for p, row in tables["grade"].items()},
+        "rootlet": {
+            p: {k: v for k, v in row.items() if k in SUMMARY_KEYS} for p, row in tables["rootlet"].items()
+        },
+        "grade": {
+            p: {k: v for k, v in row.items() if k in SUMMARY_KEYS} for p, row in tables["grade"].items()
+        },
         "per_level": tables["per_level"],
         "grade_distribution": tables["grade_distribution"],
         "per_fold": per_fold_metrics(root),
@@ -89,7 +95,12 @@ def render_report(summary: dict[str, Any], title: str = "lumbar-lightning cross-
         if not levels:
             continue
         pairs = list(next(iter(levels.values())))
-        lines += [f"**{task}**", "", "| level | n | " + " | ".join(pairs) + " |", "|---|---|" + "---|" * len(pairs)]
+        lines += [
+            f"**{task}**",
+            "",
+            "| level | n | " + " | ".join(pairs) + " |",
+            "|---|---|" + "---|" * len(pairs),
+        ]
         for level, row in levels.items():
             n = next(iter(row.values()))["n"]
             lines.append(f"| {level} | {n} | " + " | ".join(_pct(row[p]["accuracy"]) for p in pairs) + " |")
@@ -111,8 +122,17 @@ def write_cv_report(root: Path | str, seed: int = 0, title: str | None = None) -
     root = Path(root)
     summary = cv_summary(root, seed)
     for task in ("rootlet", "grade"):
-        pairs = [p for p in summary[task] if not p.startswith("truth-")] + [p for p in summary[task] if p.startswith("truth-")]
-        confusion_grid(summary[task], pairs, f"{task}: reference reader on rows", root / "figures" / f"confusion_{task}.png")
+        pairs = [p for p in summary[task] if not p.startswith("truth-")] + [
+            p for p in summary[task] if p.startswith("truth-")
+        ]
+        confusion_grid(
+            summary[task],
+            pairs,
+            f"{task}: reference reader on rows",
+            root / "figures" / f"confusion_{task}.png",
+        )
     atomic_write_text(root / "cv_summary.json", json.dumps(summary, indent=2, default=float))
-    atomic_write_text(root / "report.md", render_report(summary, title or f"lumbar-lightning cross-validation: {root.name}"))
+    atomic_write_text(
+        root / "report.md", render_report(summary, title or f"lumbar-lightning cross-validation: {root.name}")
+    )
     return summary

@@ -32,7 +32,11 @@ def paired_ttest(a: Sequence[str], b: Sequence[str]) -> dict[str, float]:
     x, y = ordinal_codes(a), ordinal_codes(b)
     diff = y - x
     if len(diff) < 2 or np.all(diff == diff[0]):
-        return {"t": float("nan"), "p": 1.0 if np.all(diff == 0) else 0.0, "mean_diff": float(np.mean(diff)) if len(diff) else 0.0}
+        return {
+            "t": float("nan"),
+            "p": 1.0 if np.all(diff == 0) else 0.0,
+            "mean_diff": float(np.mean(diff)) if len(diff) else 0.0,
+        }
     res = stats.ttest_rel(y, x)
     return {"t": float(res.statistic), "p": float(res.pvalue), "mean_diff": float(np.mean(diff))}
 
@@ -88,6 +92,10 @@ def paired_fold_ttest(a: Sequence[float], b: Sequence[float]) -> dict[str, float
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     diff = y - x
     if len(diff) < 2 or np.allclose(diff, diff[0]):
-        return {"t": float("nan"), "p": 1.0 if np.allclose(diff, 0) else float("nan"), "mean_diff": float(np.mean(diff))}
+        return {
+            "t": float("nan"),
+            "p": 1.0 if np.allclose(diff, 0) else float("nan"),
+            "mean_diff": float(np.mean(diff)),
+        }
     res = stats.ttest_rel(y, x)
     return {"t": float(res.statistic), "p": float(res.pvalue), "mean_diff": float(np.mean(diff))}

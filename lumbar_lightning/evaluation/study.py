@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from lumbar_lightning.data.dataset import TRUTH_RATER
+from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.data.labels import GRADES
 from lumbar_lightning.evaluation.agreement import agreement
 from lumbar_lightning.evaluation.statistics import bootstrap_ci, paired_ttest
@@ -40,12 +41,20 @@ def load_cv_predictions(root: Path | str) -> pd.DataFrame:
     root = Path(root)
     files = sorted(root.glob("*/fold_*/predictions.csv"))
     if not files:
-        raise FileNotFoundError(f"no */fold_*/predictions.csv under {root}: is it a lumbar-cv run folder?")
+        raise DataContractError(
+            f"no */fold_*/predictions.csv under {root}: is it a finished lumbar-cv run folder?"
+        )
     parts = [pd.read_csv(f, dtype=str, keep_default_na=False) for f in files]
     frame = pd.concat(parts, ignore_index=True)
-    label_cols = [c for c in frame.columns if re.fullmatch(r"(level|grade)_.+", c) and not c.startswith(("level_C", "grade_C"))]
+    label_cols = [
+        c
+        for c in frame.columns
+        if re.fullmatch(r"(level|grade)_.+", c) and not c.startswith(("level_C", "grade_C"))
+    ]
     label_cols = [c for c in label_cols if c not in {"gt_box_level", "gt_box_grade"}]
-    base = frame.drop_duplicates("sop_instance_uid").set_index("sop_instance_uid")[["patient", "fold", "vertebral_level", *label_cols]]
+    base = frame.drop_duplicates("sop_instance_uid").set_index("sop_instance_uid")[
+        ["patient", "fold", "vertebral_level", *label_cols]
+    ]
     for rater, part in frame.groupby("trained_on"):
         part = part.drop_duplicates("sop_instance_uid").set_index("sop_instance_uid")
         c = classifier_name(rater)
@@ -113,7 +122,10 @@ def per_level_table(frame: pd.DataFrame, task: str) -> dict[str, dict[str, dict[
     out: dict[str, dict[str, dict[str, float]]] = {}
     for level, part in data.groupby("vertebral_level"):
         out[str(level) or "?"] = {
-            f"{a}-{b}": {"accuracy": float(np.mean(part[f"{column}_{a}"] == part[f"{column}_{b}"])), "n": len(part)}
+            f"{a}-{b}": {
+                "accuracy": float(np.mean(part[f"{column}_{a}"] == part[f"{column}_{b}"])),
+                "n": len(part),
+            }
             for a, b in comparison_pairs(frame)
         }
     return out
