@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from lumbar_lightning.cli import CONF_DIR, exit_on_contract_error, log, output_dir
 from lumbar_lightning.evaluation.report import write_cv_report
 from lumbar_lightning.runner import run_fold
-from lumbar_lightning.tracking import wandb_run
+from lumbar_lightning.tracking import wandb_run, wandb_settings
 from lumbar_lightning.train import fold_line
 
 
@@ -31,7 +31,7 @@ def cross_validate(cfg: DictConfig, root: Path | None = None) -> dict[str, Any]:
         if (out / "metrics.json").exists():
             log.info(f"fold {fold} rater {rater}: already done, skipped")
             continue
-        metrics = run_fold(cfg, fold, rater, out)
+        metrics = run_fold(cfg, fold, rater, out, tracking_dir=root / "logs")
         log.info(f"fold {fold} rater {rater}: {fold_line(metrics)}")
     summary = write_cv_report(
         root, seed=cfg.seed, title=f"lumbar-lightning cross-validation: {cfg.experiment_name}"
@@ -43,6 +43,8 @@ def cross_validate(cfg: DictConfig, root: Path | None = None) -> dict[str, Any]:
                 f"{task} {pair}: {100 * row['accuracy']:.1f}% (macro F1 {100 * row['f1_macro']:.1f}, n={row['n']})"
             )
     log.info(f"report: {root / 'report.md'}")
+    if wandb_settings(cfg) is not None:
+        log.info(f"W&B offline runs: {root / 'logs' / 'wandb'} (upload later with `wandb sync`)")
     return summary
 
 

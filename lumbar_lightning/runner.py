@@ -61,7 +61,13 @@ def _data_kwargs(cfg: DictConfig, fold: int, rater: str, stage_cfg: DictConfig) 
 
 
 def _trainer(
-    cfg: DictConfig, stage: str, stage_cfg: DictConfig, out_dir: Path, monitor: str, run_name: str
+    cfg: DictConfig,
+    stage: str,
+    stage_cfg: DictConfig,
+    out_dir: Path,
+    monitor: str,
+    run_name: str,
+    tracking_dir: Path,
 ) -> L.Trainer:
     """A Trainer for one stage: the configured trainer, the stage's epochs, best/last checkpoints on ``monitor``."""
     callbacks = [
@@ -80,7 +86,9 @@ def _trainer(
     loggers: list[Any] = []
     for lg_cfg in (cfg.get("logger") or {}).values():
         if lg_cfg is not None and "_target_" in lg_cfg:
-            loggers.append(hydra.utils.instantiate(lg_cfg, save_dir=str(out_dir / "logs"), name=run_name))
+            # W&B runs of a whole CV share one folder (``tracking_dir``); file loggers stay with their fold.
+            save_dir = tracking_dir if "Wandb" in lg_cfg._target_ else out_dir / "logs"
+            loggers.append(hydra.utils.instantiate(lg_cfg, save_dir=str(save_dir), name=run_name))
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     kwargs.update(OmegaConf.to_container(stage_cfg.trainer, resolve=True) if stage_cfg.get("trainer") else {})
     if cfg.get("debug_trainer"):
@@ -92,11 +100,11 @@ def _trainer(
 
 
 def _fit_stage(cfg: DictConfig, stage: str, module: StageModule, datamodule: L.LightningDataModule,
-               out_dir: Path, run_name: str) -> dict[str, Any]:  # fmt: skip
+               out_dir: Path, run_name: str, tracking_dir: Path) -> dict[str, Any]:  # fmt: skip
     """Fit, reload the best checkpoint (weights only), test it on the rater's own boxes."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     stage_cfg = cfg.model[stage]
-    trainer = _trainer(cfg, stage, stage_cfg, out_dir, module.monitor, run_name)
+    trainer = _trainer(cfg, stage, stage_cfg, out_dir, module.monitor, run_name, tracking_dir)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
     fit_seconds = time.perf_counter() - start
@@ -133,9 +141,15 @@ def build_modules(cfg: DictConfig) -> dict[str, StageModule]:
     return {stage: hydra.utils.instantiate(cfg.model[stage].module, _convert_="all") for stage in STAGES}
 
 
-def run_fold(cfg: DictConfig, fold: int, rater: str, out_dir: Path) -> dict[str, Any]:
-    """Everything for one fold and one rater; writes checkpoints, folds.csv, predictions.csv, metrics.json."""
+def run_fold(
+    cfg: DictConfig, fold: int, rater: str, out_dir: Path, tracking_dir: Path | None = None
+) -> dict[str, Any]:
+    """Everything for one fold and one rater; writes checkpoints, folds.csv, predictions.csv, metrics.json.
+
+    W&B runs go to ``tracking_dir`` (default: the fold's ``logs/``).
+    """
     out_dir = Path(out_dir)
+    tracking_dir = Path(tracking_dir) if tracking_dir else out_dir / "logs"
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     cfg = OmegaConf.merge(cfg, {"data": {"rater": rater, "fold": fold}})  # what loggers record is this run
@@ -158,7 +172,7 @@ def run_fold(cfg: DictConfig, fold: int, rater: str, out_dir: Path) -> dict[str,
     det_dm.setup()
     metrics["splits"] = det_dm.describe()
     metrics["detector"] = _fit_stage(
-        cfg, "detector", detector, det_dm, out_dir, f"{rater}-detector-fold{fold}"
+        cfg, "detector", detector, det_dm, out_dir, f"{rater}-detector-fold{fold}", tracking_dir
     )
     for stage, module in (("rootlet", rootlet), ("grade", grader)):
         stage_cfg = cfg.model[stage]
@@ -168,7 +182,7 @@ def run_fold(cfg: DictConfig, fold: int, rater: str, out_dir: Path) -> dict[str,
         dm.setup()
         module.set_class_prior(dm.class_counts("train"))
         metrics[stage] = {
-            "gt_box": _fit_stage(cfg, stage, module, dm, out_dir, f"{rater}-{stage}-fold{fold}")
+            "gt_box": _fit_stage(cfg, stage, module, dm, out_dir, f"{rater}-{stage}-fold{fold}", tracking_dir)
         }
 
     pipeline = Pipeline(detector, rootlet, grader, geometry, batch_size=cfg.data.eval_batch_size)
@@ -177,7 +191,7 @@ def run_fold(cfg: DictConfig, fold: int, rater: str, out_dir: Path) -> dict[str,
     metrics["rootlet"]["chained"], metrics["grade"]["chained"] = chained_metrics(predictions, rater)
     metrics["grade"]["chained_balanced"] = chained_metrics(predictions, rater, balanced=True)[1]
     metrics["seconds"] = round(time.perf_counter() - start, 1)
-    log_pipeline_run(cfg, f"{rater}-pipeline-fold{fold}", out_dir, metrics, predictions)
+    log_pipeline_run(cfg, f"{rater}-pipeline-fold{fold}", tracking_dir, metrics, predictions)
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, default=float))
     return metrics
 
