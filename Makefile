@@ -27,9 +27,8 @@ test: install ## Run the default (fast) test suite
 test-full: install ## Run every test, slow ones included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-demo: install ## Generate the phantom (first time) and ingest it
-	$(BIN)/lumbar-synth
-	$(BIN)/lumbar-ingest
+demo: install ## The demo: phantom (made on first use), 10-fold CV for both raters, report.md, offline W&B
+	$(BIN)/lumbar-cv experiment=demo
 
 lint: install ## ruff check + format check
 	$(BIN)/ruff check .

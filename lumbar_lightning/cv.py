@@ -5,15 +5,21 @@ A fold whose ``metrics.json`` exists is skipped, so re-running the same command 
 
 from __future__ import annotations
 
+import json
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+import torch
+from omegaconf import DictConfig, OmegaConf
 
 from lumbar_lightning.cli import CONF_DIR, exit_on_contract_error, log, output_dir
+from lumbar_lightning.data.dicom import atomic_write_text
 from lumbar_lightning.evaluation.report import write_cv_report
-from lumbar_lightning.runner import run_fold
+from lumbar_lightning.runner import prepare_data, run_fold
 from lumbar_lightning.tracking import wandb_run, wandb_settings
 from lumbar_lightning.train import fold_line
 
@@ -22,17 +28,56 @@ def fold_dirs(root: Path, raters: list[str], folds: list[int]) -> dict[tuple[str
     return {(r, k): root / r / f"fold_{k}" for r in raters for k in folds}
 
 
+def _run_job(
+    cfg_values: dict[str, Any], fold: int, rater: str, out: str, tracking: str, threads: int
+) -> dict[str, Any]:
+    """One fold in a worker process (spawned, so no thread pool is inherited half-initialised)."""
+    torch.set_num_threads(threads)
+    cfg = OmegaConf.create(cfg_values)
+    return run_fold(cfg, fold, rater, Path(out), tracking_dir=Path(tracking))
+
+
 @exit_on_contract_error
 def cross_validate(cfg: DictConfig, root: Path | None = None) -> dict[str, Any]:
+    """Run every (rater, fold) not done yet, ``cv.workers`` at a time, then write the report."""
     root = Path(root) if root else output_dir()
     raters = list(cfg.cv.raters)
     folds = list(cfg.cv.folds) if cfg.cv.get("folds") is not None else list(range(cfg.data.num_folds))
+    jobs = []
     for (rater, fold), out in fold_dirs(root, raters, folds).items():
         if (out / "metrics.json").exists():
             log.info(f"fold {fold} rater {rater}: already done, skipped")
-            continue
-        metrics = run_fold(cfg, fold, rater, out, tracking_dir=root / "logs")
-        log.info(f"fold {fold} rater {rater}: {fold_line(metrics)}")
+        else:
+            jobs.append((rater, fold, out))
+    workers = max(1, min(int(cfg.cv.get("workers") or 1), len(jobs) or 1))
+    start = time.perf_counter()
+    if workers == 1:
+        for rater, fold, out in jobs:
+            metrics = run_fold(cfg, fold, rater, out, tracking_dir=root / "logs")
+            log.info(f"fold {fold} rater {rater}: {fold_line(metrics)}")
+    else:
+        prepare_data(cfg)  # generate and ingest once, before the workers read the cache
+        values = OmegaConf.to_container(cfg, resolve=True)
+        values["trainer"]["enable_progress_bar"] = (
+            False  # one line per finished fold instead of interleaved bars
+        )
+        threads = max(1, int(cfg.get("threads") or torch.get_num_threads()) // workers)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = {
+                pool.submit(_run_job, values, fold, rater, str(out), str(root / "logs"), threads): (
+                    rater,
+                    fold,
+                )
+                for rater, fold, out in jobs
+            }
+            for future in as_completed(futures):
+                rater, fold = futures[future]
+                log.info(f"fold {fold} rater {rater}: {fold_line(future.result())}")
+    atomic_write_text(
+        root / "timing.json",
+        json.dumps({"seconds": time.perf_counter() - start, "jobs": len(jobs), "workers": workers}),
+    )
     summary = write_cv_report(
         root, seed=cfg.seed, title=f"lumbar-lightning cross-validation: {cfg.experiment_name}"
     )

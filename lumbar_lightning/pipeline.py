@@ -78,10 +78,13 @@ class Pipeline:
         return np.stack(boxes), np.concatenate(scores)
 
     @torch.no_grad()
-    def classify(self, images: Sequence[np.ndarray], boxes: np.ndarray) -> dict[str, np.ndarray]:
+    def classify(
+        self, images: Sequence[np.ndarray], boxes: np.ndarray, pixel_mm: Sequence[float] | None = None
+    ) -> dict[str, np.ndarray]:
         """Rootlet probability and grade probabilities (corrected and balanced) for each image's box."""
+        spacing = list(pixel_mm) if pixel_mm is not None else [None] * len(images)
         patches = np.stack(
-            [self.patch.crop(im, box, context=1.0) for im, box in zip(images, boxes, strict=True)]
+            [self.patch.crop(im, box, 1.0, mm) for im, box, mm in zip(images, boxes, spacing, strict=True)]
         )
         tensor = torch.from_numpy(patches)[:, None].to(self.device)
         rootlet, corrected, balanced = [], [], []
@@ -97,15 +100,19 @@ class Pipeline:
             "grade_probs_balanced": torch.cat(balanced).cpu().numpy(),
         }
 
-    def predict(self, images: Sequence[np.ndarray], boxes: np.ndarray | None = None) -> list[Prediction]:
-        """Chained predictions; pass ``boxes`` to classify given boxes instead of detected ones."""
+    def predict(self, images: Sequence[np.ndarray], boxes: np.ndarray | None = None,
+                pixel_mm: Sequence[float] | None = None) -> list[Prediction]:  # fmt: skip
+        """Chained predictions; pass ``boxes`` to classify given boxes instead of detected ones.
+
+        ``pixel_mm`` (the images' pixel spacing) is needed when patches are cut at a fixed size in millimetres.
+        """
         if not len(images):
             return []
         if boxes is None:
             boxes, scores = self.detect(images)
         else:
             scores = np.ones(len(images), dtype=np.float32)
-        out = self.classify(images, np.asarray(boxes, dtype=np.float32))
+        out = self.classify(images, np.asarray(boxes, dtype=np.float32), pixel_mm)
         preds = []
         for i in range(len(images)):
             level = "rootlet" if out["rootlet_prob"][i] >= 0.5 else "cord"

@@ -253,14 +253,15 @@ def predict_test_images(pipeline: Pipeline, dataset: LumbarDataset, patients: np
     vertebral = labels.drop_duplicates("sop_instance_uid").set_index("sop_instance_uid")["vertebral_level"]
     frame["vertebral_level"] = frame["sop_instance_uid"].map(vertebral).fillna("")
     pixels = [dataset.cache.get(uid) for uid in uids]
-    chained = pd.DataFrame([p.as_row() for p in pipeline.predict(pixels)])
+    spacing = images.loc[uids, "pixel_spacing_col"].astype(float).tolist()
+    chained = pd.DataFrame([p.as_row() for p in pipeline.predict(pixels, pixel_mm=spacing)])
     frame = pd.concat([frame, chained], axis=1)
     own = dataset.labels.for_rater(rater)
     has_box = [uid in own.index for uid in uids]
     if any(has_box):
         idx = [i for i, h in enumerate(has_box) if h]
         boxes = own.loc[[uids[i] for i in idx], ["x_min", "y_min", "x_max", "y_max"]].to_numpy(np.float32)
-        gt = pipeline.predict([pixels[i] for i in idx], boxes=boxes)
+        gt = pipeline.predict([pixels[i] for i in idx], boxes=boxes, pixel_mm=[spacing[i] for i in idx])
         frame["gt_box_level"] = ""
         frame["gt_box_grade"] = ""
         frame.loc[idx, "gt_box_level"] = [p.level for p in gt]
