@@ -33,7 +33,7 @@ def _run_job(
 ) -> dict[str, Any]:
     """One fold in a worker process (spawned, so no thread pool is inherited half-initialised)."""
     torch.set_num_threads(threads)
-    cfg = OmegaConf.create(cfg_values)
+    cfg = OmegaConf.create({**cfg_values, "threads": threads})
     return run_fold(cfg, fold, rater, Path(out), tracking_dir=Path(tracking))
 
 
@@ -58,10 +58,11 @@ def cross_validate(cfg: DictConfig, root: Path | None = None) -> dict[str, Any]:
     else:
         prepare_data(cfg)  # generate and ingest once, before the workers read the cache
         values = OmegaConf.to_container(cfg, resolve=True)
-        values["trainer"]["enable_progress_bar"] = (
-            False  # one line per finished fold instead of interleaved bars
-        )
+        # One line per finished fold instead of interleaved progress bars; the cores shared out between workers
+        # (run_fold sets torch's thread count from ``threads``).
+        values["trainer"]["enable_progress_bar"] = False
         threads = max(1, int(cfg.get("threads") or torch.get_num_threads()) // workers)
+        values["threads"] = threads
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
             futures = {
