@@ -55,11 +55,13 @@ class Pipeline:
     """
 
     def __init__(self, detector: CanalDetector, rootlet: RootletClassifier, grade: GradeClassifier,
-                 patch: PatchGeometry, batch_size: int = 64, device: str | torch.device = "cpu") -> None:  # fmt: skip
+                 patch: PatchGeometry, batch_size: int = 64, device: str | torch.device = "cpu",
+                 grade_patch: PatchGeometry | None = None) -> None:  # fmt: skip
         self.detector = detector.eval().to(device)
         self.rootlet = rootlet.eval().to(device)
         self.grade = grade.eval().to(device)
         self.patch = patch
+        self.grade_patch = grade_patch or patch  # the grader may look at its own patch size
         self.batch_size = batch_size
         self.device = torch.device(device)
 
@@ -83,15 +85,20 @@ class Pipeline:
     ) -> dict[str, np.ndarray]:
         """Rootlet probability and grade probabilities (corrected and balanced) for each image's box."""
         spacing = list(pixel_mm) if pixel_mm is not None else [None] * len(images)
-        patches = np.stack(
-            [self.patch.crop(im, box, 1.0, mm) for im, box, mm in zip(images, boxes, spacing, strict=True)]
-        )
-        tensor = torch.from_numpy(patches)[:, None].to(self.device)
+
+        def cut(geometry: PatchGeometry) -> torch.Tensor:
+            patches = [
+                geometry.crop(im, box, 1.0, mm) for im, box, mm in zip(images, boxes, spacing, strict=True)
+            ]
+            return torch.from_numpy(np.stack(patches))[:, None].to(self.device)
+
+        level_in = cut(self.patch)
+        grade_in = level_in if self.grade_patch == self.patch else cut(self.grade_patch)
         rootlet, corrected, balanced = [], [], []
-        for start in range(0, len(tensor), self.batch_size):
-            x = tensor[start : start + self.batch_size]
+        for start in range(0, len(level_in), self.batch_size):
+            x = level_in[start : start + self.batch_size]
             rootlet.append(self.rootlet.class_log_probs(self.rootlet(x)).exp()[:, LEVEL_INDEX["rootlet"]])
-            logits = self.grade(x)
+            logits = self.grade(grade_in[start : start + self.batch_size])
             corrected.append(self.grade.class_log_probs(logits).exp())
             balanced.append(self.grade.class_log_probs(logits, adjust=False).exp())
         return {

@@ -135,6 +135,15 @@ def _log_confusion(trainer: L.Trainer, confmat: list[list[int]], classes: list[s
             lg.experiment.log({"test/confusion_matrix": confusion_plot(y_true, y_pred, classes, title)})
 
 
+def stage_geometry(cfg: DictConfig, stage: str) -> PatchGeometry:
+    """``data.patch``, with the stage's own ``model.<stage>.patch`` entries on top (e.g. a larger grade patch)."""
+    values = OmegaConf.to_container(cfg.data.patch, resolve=True)
+    own = cfg.model[stage].get("patch")
+    if own is not None:
+        values.update(OmegaConf.to_container(own, resolve=True))
+    return PatchGeometry(**values)
+
+
 def build_modules(cfg: DictConfig) -> dict[str, StageModule]:
     """The three LightningModules from their configs (``model.<stage>.module``)."""
     # _convert_="all": plain lists and dicts in hyperparameters, so checkpoints load with weights_only=True.
@@ -163,7 +172,7 @@ def run_fold(
     detector: CanalDetector = modules["detector"]  # type: ignore[assignment]
     rootlet: RootletClassifier = modules["rootlet"]  # type: ignore[assignment]
     grader: GradeClassifier = modules["grade"]  # type: ignore[assignment]
-    geometry = PatchGeometry(**OmegaConf.to_container(cfg.data.patch, resolve=True))
+    geometry = {stage: stage_geometry(cfg, stage) for stage in ("rootlet", "grade")}
 
     metrics: dict[str, Any] = {"fold": fold, "rater": rater}
     det_dm = SliceDataModule(
@@ -176,7 +185,7 @@ def run_fold(
     )
     for stage, module in (("rootlet", rootlet), ("grade", grader)):
         stage_cfg = cfg.model[stage]
-        dm = PatchDataModule(task=stage, patch=geometry, balanced=stage_cfg.balanced,
+        dm = PatchDataModule(task=stage, patch=geometry[stage], balanced=stage_cfg.balanced,
                              samples_per_epoch=stage_cfg.get("samples_per_epoch"),
                              **_data_kwargs(cfg, fold, rater, stage_cfg))  # fmt: skip
         dm.setup()
@@ -185,7 +194,8 @@ def run_fold(
             "gt_box": _fit_stage(cfg, stage, module, dm, out_dir, f"{rater}-{stage}-fold{fold}", tracking_dir)
         }
 
-    pipeline = Pipeline(detector, rootlet, grader, geometry, batch_size=cfg.data.eval_batch_size)
+    pipeline = Pipeline(detector, rootlet, grader, geometry["rootlet"], batch_size=cfg.data.eval_batch_size,
+                        grade_patch=geometry["grade"])  # fmt: skip
     predictions = predict_test_images(pipeline, dataset, det_dm.rows["test"]["patient"].unique(), fold, rater)
     atomic_write_text(out_dir / "predictions.csv", predictions.to_csv(index=False))
     metrics["rootlet"]["chained"], metrics["grade"]["chained"] = chained_metrics(predictions, rater)
