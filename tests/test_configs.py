@@ -60,3 +60,13 @@ def test_trainer_and_debug_groups_compose(trainer: str, debug: str) -> None:
         cfg = compose(config_name="train", overrides=[f"trainer={trainer}", f"debug={debug}"])
     assert cfg.trainer.accelerator in {"cpu", "gpu"}
     assert "debug_trainer" in cfg
+
+
+def test_each_classifier_can_have_its_own_patch_geometry() -> None:
+    from lumbar_lightning.runner import stage_geometry
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=demo"])
+    rootlet, grade = stage_geometry(cfg, "rootlet"), stage_geometry(cfg, "grade")
+    assert rootlet.size == cfg.data.patch.size == 32 and grade.size == 48
+    assert rootlet.margin == grade.margin == cfg.data.patch.margin
