@@ -1,0 +1,1 @@
+"""Data layer: DICOM ingestion and cache, labels, folds, the synthetic phantom, transforms and datamodules."""

@@ -1,0 +1,275 @@
+"""LightningDataModules for one fold and one rater: slices with boxes (detector), canal patches (classifiers).
+
+Both read normalised images from the ingestion cache, never DICOM, and take their split from
+``StratifiedPatientFolds``. Patches and resized slices are prepared once at ``setup`` and kept in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from lumbar_lightning.data.dataset import LumbarDataset
+from lumbar_lightning.data.errors import DataContractError
+from lumbar_lightning.data.folds import SPLITS, StratifiedPatientFolds
+from lumbar_lightning.data.labels import GRADES
+from lumbar_lightning.data.transforms import (
+    AugmentConfig,
+    PatchGeometry,
+    build_augmentation,
+    resize_image,
+    scale_boxes,
+)
+
+#: Class index of each level: the rootlet classifier's single logit is P(rootlet).
+LEVEL_INDEX = {"cord": 0, "rootlet": 1}
+GRADE_INDEX = {g: i for i, g in enumerate(GRADES)}
+TASKS = ("rootlet", "grade")
+
+_DATASETS: dict[tuple[str, str, str], LumbarDataset] = {}
+
+
+def load_dataset(data_dir: str | Path, cache_dir: str | Path | None = None, salt: str = "lumbar-lightning") -> LumbarDataset:
+    """Ingest a data set once per process (every stage and fold of a CV run shares it)."""
+    key = (str(Path(data_dir).resolve()), str(cache_dir), salt)
+    if key not in _DATASETS:
+        _DATASETS[key] = LumbarDataset.ingest(data_dir, cache_dir, salt=salt)
+    return _DATASETS[key]
+
+
+def fold_rows(dataset: LumbarDataset, folds: StratifiedPatientFolds, fold: int, rater: str) -> dict[str, pd.DataFrame]:
+    """The rater's label rows per split of ``fold``, joined with each image's patient and size."""
+    labels = dataset.labels.for_rater(rater).reset_index(drop=True)
+    meta = dataset.images.set_index("sop_instance_uid")[["patient", "rows", "columns"]]
+    labels = labels.join(meta, on="sop_instance_uid")
+    split = folds.split(fold)
+    return {name: labels[labels["patient"].isin(split[name])].reset_index(drop=True) for name in SPLITS}
+
+
+class DetectionSlices(Dataset):
+    """Slices resized to the detector's input with the rater's canal box scaled alike."""
+
+    def __init__(self, images: np.ndarray, boxes: np.ndarray, uids: list[str], augment: Any = None) -> None:
+        self.images, self.boxes, self.uids, self.augment = images, boxes, uids, augment
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image, box = self.images[i].astype(np.float32), self.boxes[i : i + 1]
+        if self.augment is not None:
+            out = self.augment(image=image, bboxes=box, labels=[1])
+            if len(out["bboxes"]):  # a box pushed out of view keeps the un-augmented sample
+                image, box = out["image"], np.asarray(out["bboxes"], dtype=np.float32)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image))[None],
+            "boxes": torch.as_tensor(box, dtype=torch.float32).reshape(-1, 4),
+            "sop_instance_uid": self.uids[i],
+        }
+
+
+def collate_detection(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Detection batches stay lists: torchvision's detector takes a list of images and a list of targets."""
+    return {k: [it[k] for it in items] for k in items[0]}
+
+
+class CanalPatches(Dataset):
+    """Canal patches cut around the rater's boxes, with the target of one task."""
+
+    def __init__(self, patches: np.ndarray, targets: np.ndarray, uids: list[str], geometry: PatchGeometry,
+                 augment: Any = None) -> None:  # fmt: skip
+        self.patches, self.targets, self.uids, self.geometry, self.augment = patches, targets, uids, geometry, augment
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        patch = self.patches[i]
+        if self.augment is not None:
+            patch = self.augment(image=patch)["image"]
+        patch = self.geometry.center_crop(patch)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(patch, dtype=np.float32))[None],
+            "target": int(self.targets[i]),
+            "sop_instance_uid": self.uids[i],
+        }
+
+
+class LumbarDataModule(L.LightningDataModule):
+    """What both data modules share: the data set, the fold, the rater, loaders built by one factory."""
+
+    def __init__(
+        self,
+        data_dir: str,
+        rater: str = "A1",
+        fold: int = 0,
+        num_folds: int = 10,
+        split_seed: int = 0,
+        cache_dir: str | None = None,
+        pseudonym_salt: str = "lumbar-lightning",
+        batch_size: int = 32,
+        eval_batch_size: int = 128,
+        num_workers: int = 0,
+        augment: dict[str, Any] | AugmentConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.data_dir, self.cache_dir, self.salt = data_dir, cache_dir, pseudonym_salt
+        self.rater, self.fold, self.num_folds, self.split_seed = rater, fold, num_folds, split_seed
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.augment_cfg = augment if isinstance(augment, AugmentConfig) else AugmentConfig(**(augment or {}))
+        self.seed = seed
+        self.dataset: LumbarDataset | None = None
+        self.folds: StratifiedPatientFolds | None = None
+        self.rows: dict[str, pd.DataFrame] = {}
+        self.sets: dict[str, Dataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.sets:
+            return
+        self.dataset = load_dataset(self.data_dir, self.cache_dir, self.salt)
+        self.folds = self.dataset.folds(self.num_folds, self.split_seed)
+        self.rows = {name: self.select(rows) for name, rows in fold_rows(self.dataset, self.folds, self.fold, self.rater).items()}
+        for name in SPLITS:
+            if self.rows[name].empty:
+                raise DataContractError(
+                    f"fold {self.fold}, rater {self.rater}: the {name} split has no usable labelled image"
+                )
+            augment = build_augmentation(self.augment_cfg, self.seed + 1000 * self.fold, **self.augment_kwargs()) if name == "train" else None
+            self.sets[name] = self.build(self.rows[name], augment)
+
+    # Subclasses say which rows they use and how items are built.
+    def select(self, rows: pd.DataFrame) -> pd.DataFrame:
+        return rows
+
+    def augment_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def build(self, rows: pd.DataFrame, augment: Any) -> Dataset:
+        raise NotImplementedError
+
+    def sampler(self, split: str) -> torch.utils.data.Sampler | None:
+        return None
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        return torch.utils.data.default_collate(items)
+
+    def _dataloader_factory(self, split: str) -> DataLoader:
+        train = split == "train"
+        sampler = self.sampler(split) if train else None
+        generator = torch.Generator().manual_seed(self.seed + self.fold)
+        return DataLoader(
+            self.sets[split],
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=self.collate,
+            drop_last=False,
+            generator=generator if train and sampler is None else None,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._dataloader_factory("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._dataloader_factory("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._dataloader_factory("test")
+
+    def describe(self) -> dict[str, Any]:
+        """Counts per split for logs and metrics.json (no identifiers)."""
+        return {name: {"images": len(rows), "patients": int(rows["patient"].nunique())} for name, rows in self.rows.items()}
+
+
+class SliceDataModule(LumbarDataModule):
+    """Whole slices with the rater's canal box, for the ``CanalDetector``; all labelled slices are used."""
+
+    def __init__(self, image_size: int = 160, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.image_size = image_size
+
+    def augment_kwargs(self) -> dict[str, Any]:
+        return {"boxes": True}
+
+    def build(self, rows: pd.DataFrame, augment: Any) -> Dataset:
+        assert self.dataset is not None
+        images = np.stack([self.dataset.resized(uid, self.image_size) for uid in rows["sop_instance_uid"]])
+        boxes = np.stack([
+            scale_boxes(np.array([r.x_min, r.y_min, r.x_max, r.y_max]), (r.rows, r.columns), (self.image_size,) * 2)
+            for r in rows.itertuples()
+        ])  # fmt: skip
+        return DetectionSlices(images, boxes, rows["sop_instance_uid"].tolist(), augment)
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        return collate_detection(items)
+
+
+class PatchDataModule(LumbarDataModule):
+    """Canal patches for the rootlet/cord classifier (all slices) or the grader (rootlet slices with a grade).
+
+    ``balanced`` draws classes equally often (the paper's weighted sampling); ``samples_per_epoch`` sets how
+    many patches an epoch draws (default: the training set's size).
+    """
+
+    def __init__(self, task: str = "grade", patch: dict[str, Any] | PatchGeometry | None = None,
+                 balanced: bool = True, samples_per_epoch: int | None = None, **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(**kwargs)
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        self.task = task
+        self.geometry = patch if isinstance(patch, PatchGeometry) else PatchGeometry(**(patch or {}))
+        self.balanced, self.samples_per_epoch = balanced, samples_per_epoch
+
+    def select(self, rows: pd.DataFrame) -> pd.DataFrame:
+        if self.task == "grade":
+            rows = rows[(rows["level"] == "rootlet") & (rows["grade"] != "")]
+        return rows.reset_index(drop=True)
+
+    def targets(self, rows: pd.DataFrame) -> np.ndarray:
+        if self.task == "rootlet":
+            return rows["level"].map(LEVEL_INDEX).to_numpy(dtype=np.int64)
+        return rows["grade"].map(GRADE_INDEX).to_numpy(dtype=np.int64)
+
+    @property
+    def num_classes(self) -> int:
+        return 2 if self.task == "rootlet" else len(GRADES)
+
+    def build(self, rows: pd.DataFrame, augment: Any) -> Dataset:
+        assert self.dataset is not None
+        context = 1.35 if augment is not None else 1.0
+        spacing = self.dataset.images.set_index("sop_instance_uid")["pixel_spacing_col"]
+        patches = np.stack([
+            self.geometry.crop(self.dataset.cache.get(r.sop_instance_uid), np.array([r.x_min, r.y_min, r.x_max, r.y_max]),
+                               context, pixel_mm=float(spacing[r.sop_instance_uid]))
+            for r in rows.itertuples()
+        ])  # fmt: skip
+        return CanalPatches(patches, self.targets(rows), rows["sop_instance_uid"].tolist(), self.geometry, augment)
+
+    def class_counts(self, split: str = "train") -> np.ndarray:
+        return np.bincount(self.targets(self.rows[split]), minlength=self.num_classes)
+
+    def sampler(self, split: str) -> torch.utils.data.Sampler | None:
+        targets = self.targets(self.rows[split])
+        n = self.samples_per_epoch or len(targets)
+        if not self.balanced:
+            if self.samples_per_epoch is None:
+                return None
+            weights = np.ones(len(targets))
+        else:
+            counts = np.bincount(targets, minlength=self.num_classes).astype(float)
+            weights = 1.0 / counts[targets]
+        generator = torch.Generator().manual_seed(self.seed + self.fold)
+        return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), n, replacement=True, generator=generator)
+
+    def hparams_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "patch": asdict(self.geometry), "balanced": self.balanced}

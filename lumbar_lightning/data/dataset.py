@@ -1,0 +1,115 @@
+"""A data set in the contract, ingested: image index and cache, labels per rater, optional truth, and folds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lumbar_lightning.data.dicom import DicomIndex, ImageCache, SkippedFile, scan_dicom
+from lumbar_lightning.data.errors import DataContractError
+from lumbar_lightning.data.folds import StratifiedPatientFolds, stratum
+from lumbar_lightning.data.labels import GRADES, LabelTable, load_labels
+from lumbar_lightning.data.transforms import resize_image
+
+TRUTH_RATER = "truth"
+
+
+@dataclass
+class LumbarDataset:
+    """Everything the models and reports need from one data-set folder; built once by ``LumbarDataset.ingest``."""
+
+    root: Path
+    index: DicomIndex
+    labels: LabelTable
+    truth: LabelTable | None
+    cache: ImageCache
+    _resized: dict[tuple[str, int], np.ndarray] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def ingest(
+        cls, root: Path | str, cache_dir: Path | str | None = None, salt: str = "lumbar-lightning"
+    ) -> LumbarDataset:
+        """Scan ``<root>/dicom`` into the cache and validate ``labels.csv`` (and ``truth.csv`` if present).
+
+        Raises ``DataContractError`` when nothing usable remains: no readable image or no valid label.
+        """
+        root = Path(root)
+        if not root.is_dir():
+            raise DataContractError(f"data set folder {root} does not exist")
+        cache = ImageCache(Path(cache_dir) if cache_dir else root / ".cache")
+        index = scan_dicom(root / "dicom", cache, salt)
+        if index.images.empty:
+            raise DataContractError(
+                f"no readable image under {root / 'dicom'} ({len(index.skipped)} file(s) skipped)"
+            )
+        sizes = {
+            uid: (int(r), int(c))
+            for uid, r, c in index.images[["sop_instance_uid", "rows", "columns"]].itertuples(index=False)
+        }
+        labels = load_labels(root / "labels.csv", sizes)
+        if labels.rows.empty:
+            n_bad = sum(len(v) for v in labels.rejected.values())
+            raise DataContractError(f"{root / 'labels.csv'} has no valid label row ({n_bad} rejected)")
+        truth = None
+        if (root / "truth.csv").is_file():
+            truth = load_labels(root / "truth.csv", sizes, analyzer=TRUTH_RATER)
+        return cls(root=root, index=index, labels=labels, truth=truth, cache=cache)
+
+    def resized(self, sop_instance_uid: str, size: int) -> np.ndarray:
+        """The cached image resized for the detector, kept in memory (float16) for every later fold."""
+        key = (sop_instance_uid, size)
+        if key not in self._resized:
+            self._resized[key] = resize_image(self.cache.get(sop_instance_uid), size).astype(np.float16)
+        return self._resized[key]
+
+    @property
+    def images(self) -> pd.DataFrame:
+        return self.index.images
+
+    @property
+    def skipped(self) -> list[SkippedFile]:
+        return self.index.skipped
+
+    def labelled_images(self) -> pd.DataFrame:
+        """One row per image that any rater labelled: its patient pseudonym and fold stratum.
+
+        The stratum is the most severe call any rater made (cord only if every rater said cord), so folds are
+        the same for every rater and Classifier1 and Classifier2 are tested on the same patients.
+        """
+        rank = {"": -1, **{g: i for i, g in enumerate(GRADES)}}
+        rows = self.labels.rows
+        per_image = rows.assign(_rank=rows["grade"].map(rank), _rootlet=rows["level"] == "rootlet").groupby(
+            "sop_instance_uid"
+        )
+        summary = per_image.agg(rank=("_rank", "max"), rootlet=("_rootlet", "any")).reset_index()
+        summary["stratum"] = [
+            stratum("rootlet" if rl else "cord", GRADES[r] if r >= 0 else "")
+            for rl, r in zip(summary["rootlet"], summary["rank"], strict=True)
+        ]
+        patient = self.images.set_index("sop_instance_uid")["patient"]
+        summary["patient"] = summary["sop_instance_uid"].map(patient)
+        return summary[["sop_instance_uid", "patient", "stratum"]]
+
+    def folds(self, num_folds: int = 10, seed: int = 0) -> StratifiedPatientFolds:
+        return StratifiedPatientFolds.build(self.labelled_images(), num_folds=num_folds, seed=seed)
+
+    def report(self) -> dict[str, Any]:
+        """The ingest report (no patient identifiers: patients are counted, never named)."""
+        out: dict[str, Any] = {
+            "images": len(self.images),
+            "patients": int(self.images["patient"].nunique()),
+            "series": int(self.images["series_instance_uid"].nunique()),
+            "decoded_files": self.index.decoded,
+            "cached_files": self.index.from_cache,
+            "skipped_files": [s.as_dict() for s in self.skipped],
+            "labels": self.labels.report(),
+            "grade_distribution": self.labels.grade_distribution(),
+            "intersection_images": len(self.labels.intersection()),
+        }
+        if self.truth is not None:
+            out["truth_rows"] = len(self.truth.rows)
+        return out

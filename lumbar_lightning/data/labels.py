@@ -1,0 +1,179 @@
+"""``labels.csv`` under the data contract: validation row by row, the raters' intersection, grade distributions."""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lumbar_lightning.data.errors import DataContractError
+
+GRADES = ("A", "B", "C", "D")
+LEVELS = ("rootlet", "cord")
+BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
+REQUIRED_COLUMNS = ("analyzer", "sop_instance_uid", *BOX_COLUMNS, "level", "grade")
+LABEL_COLUMNS = [*REQUIRED_COLUMNS, "vertebral_level", "line"]
+
+
+@dataclass
+class RejectedRow:
+    """A labels.csv row that breaks the contract: its 1-based line number in the file and the rule it breaks."""
+
+    line: int
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"line": self.line, "reason": self.reason}
+
+
+@dataclass
+class LabelTable:
+    """Accepted label rows (one per rater and image) and the rejected ones, per rater."""
+
+    rows: pd.DataFrame
+    rejected: dict[str, list[RejectedRow]] = field(default_factory=dict)
+
+    @property
+    def raters(self) -> list[str]:
+        return sorted(self.rows["analyzer"].unique().tolist())
+
+    def for_rater(self, rater: str) -> pd.DataFrame:
+        """One rater's rows, indexed by ``sop_instance_uid``."""
+        if rater not in self.raters:
+            raise DataContractError(f"rater {rater!r} has no accepted labels (raters present: {self.raters})")
+        return self.rows[self.rows["analyzer"] == rater].set_index("sop_instance_uid", drop=False)
+
+    def intersection(self, raters: list[str] | None = None) -> list[str]:
+        """SOPInstanceUIDs labelled by every named rater (default: all raters): the paper's fair comparison set."""
+        raters = raters or self.raters
+        sets = [set(self.rows.loc[self.rows["analyzer"] == r, "sop_instance_uid"]) for r in raters]
+        return sorted(set.intersection(*sets)) if sets else []
+
+    def wide(self, raters: list[str] | None = None) -> pd.DataFrame:
+        """Intersection images with one ``level_<rater>`` and ``grade_<rater>`` column per rater."""
+        raters = raters or self.raters
+        uids = self.intersection(raters)
+        out = pd.DataFrame({"sop_instance_uid": uids}).set_index("sop_instance_uid")
+        for r in raters:
+            part = self.for_rater(r).loc[uids]
+            out[f"level_{r}"] = part["level"].to_numpy()
+            out[f"grade_{r}"] = part["grade"].to_numpy()
+        return out.reset_index()
+
+    def grade_distribution(self) -> dict[str, dict[str, float]]:
+        """Per rater, the share of each grade among its graded rows (the paper's 78.8/15.4/4.2/1.6 line)."""
+        out: dict[str, dict[str, float]] = {}
+        for r in self.raters:
+            g = self.rows.loc[(self.rows["analyzer"] == r) & (self.rows["grade"] != ""), "grade"]
+            n = len(g)
+            out[r] = {k: (float((g == k).sum()) / n if n else 0.0) for k in GRADES}
+        return out
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        """Per rater: accepted row count and rejected rows, for the ingest report."""
+        raters = sorted(set(self.raters) | set(self.rejected))
+        return {
+            r: {
+                "accepted": int((self.rows["analyzer"] == r).sum()),
+                "rejected": [x.as_dict() for x in self.rejected.get(r, [])],
+            }
+            for r in raters
+        }
+
+
+def _parse_float(value: str, column: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{column}={value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{column}={value!r} is not a finite number")
+    return number
+
+
+def validate_row(row: dict[str, str], image_sizes: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    """One labels.csv row as typed values; raises ``ValueError`` naming the first rule it breaks."""
+    analyzer = (row.get("analyzer") or "").strip()
+    if not analyzer:
+        raise ValueError("empty analyzer")
+    uid = (row.get("sop_instance_uid") or "").strip()
+    if uid not in image_sizes:
+        raise ValueError(f"unknown image: sop_instance_uid {uid!r} is not among the ingested images")
+    box = {c: _parse_float((row.get(c) or "").strip(), c) for c in BOX_COLUMNS}
+    if not (box["x_min"] < box["x_max"] and box["y_min"] < box["y_max"]):
+        raise ValueError(f"inverted or empty box: need x_min < x_max and y_min < y_max, got {box}")
+    rows, cols = image_sizes[uid]
+    if box["x_min"] < 0 or box["y_min"] < 0 or box["x_max"] > cols or box["y_max"] > rows:
+        raise ValueError(f"box {box} is outside the {cols}x{rows} image (columns x rows)")
+    level = (row.get("level") or "").strip()
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r}: must be one of {', '.join(LEVELS)}")
+    grade = (row.get("grade") or "").strip()
+    if grade and grade not in GRADES:
+        raise ValueError(f"unknown grade {grade!r}: must be one of {', '.join(GRADES)} or empty")
+    if level == "cord" and grade:
+        raise ValueError(f"a grade ({grade}) on a cord row: grades apply to rootlet level only")
+    return {
+        "analyzer": analyzer,
+        "sop_instance_uid": uid,
+        **box,
+        "level": level,
+        "grade": grade,
+        "vertebral_level": (row.get("vertebral_level") or "").strip(),
+    }
+
+
+def load_labels(
+    csv_path: Path, image_sizes: dict[str, tuple[int, int]], analyzer: str | None = None
+) -> LabelTable:
+    """Read and validate ``labels.csv``; ``image_sizes`` maps each ingested SOPInstanceUID to (rows, columns).
+
+    With ``analyzer`` set, the file has no ``analyzer`` column and every row is that rater's (``truth.csv``).
+    Line numbers count the header as line 1, as a text editor shows them.
+    """
+    required = [c for c in REQUIRED_COLUMNS if not (analyzer and c == "analyzer")]
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise DataContractError(f"{csv_path}: labels file not found")
+    accepted: list[dict[str, Any]] = []
+    rejected: dict[str, list[RejectedRow]] = {}
+    seen: dict[tuple[str, str], int] = {}
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise DataContractError(f"{csv_path}: line 1: missing required column(s) {', '.join(missing)}")
+            reader.fieldnames = header
+            line = 1
+            for raw in reader:
+                start, line = line + 1, reader.line_num
+                if analyzer:
+                    raw["analyzer"] = analyzer
+                rater = (raw.get("analyzer") or "").strip() or "?"
+                if None in raw:
+                    rejected.setdefault(rater, []).append(RejectedRow(start, "more fields than the header has"))
+                    continue
+                try:
+                    row = validate_row(raw, image_sizes)
+                except ValueError as exc:
+                    rejected.setdefault(rater, []).append(RejectedRow(start, str(exc)))
+                    continue
+                key = (row["analyzer"], row["sop_instance_uid"])
+                if key in seen:
+                    rejected.setdefault(rater, []).append(
+                        RejectedRow(start, f"rater {key[0]} labels image {key[1]} twice (first on line {seen[key]})")
+                    )
+                    continue
+                seen[key] = start
+                accepted.append({**row, "line": start})
+    except UnicodeDecodeError as exc:
+        raise DataContractError(f"{csv_path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise DataContractError(f"{csv_path}: malformed CSV ({exc})") from None
+    return LabelTable(rows=pd.DataFrame(accepted, columns=LABEL_COLUMNS), rejected=rejected)

@@ -1,0 +1,98 @@
+"""Image geometry shared by training and inference: detector resizing, canal patch cropping, augmentation.
+
+Training and the ``Pipeline`` call the same functions, so a patch at test time is cut exactly as in training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import albumentations as A
+import cv2
+import numpy as np
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Square-resize a full image to the detector's input size (area interpolation when shrinking)."""
+    interp = cv2.INTER_AREA if max(image.shape) > size else cv2.INTER_LINEAR
+    return cv2.resize(image.astype(np.float32, copy=False), (size, size), interpolation=interp)
+
+
+def scale_boxes(boxes: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> np.ndarray:
+    """Boxes (x_min, y_min, x_max, y_max) from one image size to another."""
+    sy, sx = to_hw[0] / from_hw[0], to_hw[1] / from_hw[1]
+    return np.asarray(boxes, dtype=np.float32) * np.array([sx, sy, sx, sy], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class PatchGeometry:
+    """How a canal patch is cut: the box grown by ``margin`` of its size per side, squared, resized to ``size``.
+
+    ``context`` > 1 cuts a larger patch for training so that augmentation (rotation, translation) never pulls
+    in empty borders; ``center_crop`` then brings it back to ``size``.
+    """
+
+    size: int = 32
+    margin: float = 0.15
+    context: float = 1.0
+    #: When set, the patch is a square of this many millimetres centred on the box, whatever the box's size, so the
+    #: classifier sees absolute canal size (the dural sac area matters for the grade); needs the pixel spacing.
+    field_mm: float | None = None
+
+    def crop(self, image: np.ndarray, box: np.ndarray, context: float | None = None, pixel_mm: float | None = None) -> np.ndarray:
+        context = self.context if context is None else context
+        x0, y0, x1, y1 = (float(v) for v in box)
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        if self.field_mm:
+            if not pixel_mm or not np.isfinite(pixel_mm):
+                raise ValueError("PatchGeometry.field_mm needs the image's pixel spacing")
+            half = self.field_mm / pixel_mm / 2 * context
+        else:
+            half = max(x1 - x0, y1 - y0) * (0.5 + self.margin) * context
+        half = max(half, 2.0)
+        out = int(round(self.size * context))
+        # Affine crop: maps [cx-half, cx+half] to [0, out]; pixels outside the image read as 0.
+        s = out / (2 * half)
+        matrix = np.array([[s, 0, out / 2 - s * cx], [0, s, out / 2 - s * cy]], dtype=np.float32)
+        return cv2.warpAffine(
+            image.astype(np.float32, copy=False), matrix, (out, out), flags=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT, borderValue=0.0,
+        )  # fmt: skip
+
+    def center_crop(self, patch: np.ndarray) -> np.ndarray:
+        off = (patch.shape[0] - self.size) // 2
+        return patch[off : off + self.size, off : off + self.size] if off > 0 else patch
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The paper's augmentation: rotation, scaling, translation, horizontal flip, zero-mean Gaussian noise."""
+
+    enabled: bool = True
+    rotate_deg: float = 10.0
+    scale: float = 0.1
+    translate: float = 0.06
+    hflip: float = 0.5
+    noise_std: float = 0.03
+    p_affine: float = 0.8
+    p_noise: float = 0.5
+
+
+def build_augmentation(cfg: AugmentConfig, seed: int, boxes: bool = False) -> A.Compose | None:
+    """An albumentations pipeline (box-aware for the detector), seeded so runs are reproducible; None if off."""
+    if not cfg.enabled:
+        return None
+    ops = [
+        A.Affine(
+            rotate=(-cfg.rotate_deg, cfg.rotate_deg),
+            scale=(1 - cfg.scale, 1 + cfg.scale),
+            translate_percent=(-cfg.translate, cfg.translate),
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=0,
+            p=cfg.p_affine,
+        ),
+        A.HorizontalFlip(p=cfg.hflip),
+        A.GaussNoise(std_range=(0.0, cfg.noise_std), mean_range=(0.0, 0.0), p=cfg.p_noise),
+    ]
+    bbox = A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True) if boxes else None
+    return A.Compose(ops, bbox_params=bbox, seed=seed)
