@@ -24,7 +24,6 @@ from lumbar_lightning.data.transforms import (
     AugmentConfig,
     PatchGeometry,
     build_augmentation,
-    resize_image,
     scale_boxes,
 )
 
@@ -36,7 +35,9 @@ TASKS = ("rootlet", "grade")
 _DATASETS: dict[tuple[str, str, str], LumbarDataset] = {}
 
 
-def load_dataset(data_dir: str | Path, cache_dir: str | Path | None = None, salt: str = "lumbar-lightning") -> LumbarDataset:
+def load_dataset(
+    data_dir: str | Path, cache_dir: str | Path | None = None, salt: str = "lumbar-lightning"
+) -> LumbarDataset:
     """Ingest a data set once per process (every stage and fold of a CV run shares it)."""
     key = (str(Path(data_dir).resolve()), str(cache_dir), salt)
     if key not in _DATASETS:
@@ -44,7 +45,9 @@ def load_dataset(data_dir: str | Path, cache_dir: str | Path | None = None, salt
     return _DATASETS[key]
 
 
-def fold_rows(dataset: LumbarDataset, folds: StratifiedPatientFolds, fold: int, rater: str) -> dict[str, pd.DataFrame]:
+def fold_rows(
+    dataset: LumbarDataset, folds: StratifiedPatientFolds, fold: int, rater: str
+) -> dict[str, pd.DataFrame]:
     """The rater's label rows per split of ``fold``, joined with each image's patient and size."""
     labels = dataset.labels.for_rater(rater).reset_index(drop=True)
     meta = dataset.images.set_index("sop_instance_uid")[["patient", "rows", "columns"]]
@@ -85,7 +88,13 @@ class CanalPatches(Dataset):
 
     def __init__(self, patches: np.ndarray, targets: np.ndarray, uids: list[str], geometry: PatchGeometry,
                  augment: Any = None) -> None:  # fmt: skip
-        self.patches, self.targets, self.uids, self.geometry, self.augment = patches, targets, uids, geometry, augment
+        self.patches, self.targets, self.uids, self.geometry, self.augment = (
+            patches,
+            targets,
+            uids,
+            geometry,
+            augment,
+        )
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -136,13 +145,20 @@ class LumbarDataModule(L.LightningDataModule):
             return
         self.dataset = load_dataset(self.data_dir, self.cache_dir, self.salt)
         self.folds = self.dataset.folds(self.num_folds, self.split_seed)
-        self.rows = {name: self.select(rows) for name, rows in fold_rows(self.dataset, self.folds, self.fold, self.rater).items()}
+        self.rows = {
+            name: self.select(rows)
+            for name, rows in fold_rows(self.dataset, self.folds, self.fold, self.rater).items()
+        }
         for name in SPLITS:
             if self.rows[name].empty:
                 raise DataContractError(
                     f"fold {self.fold}, rater {self.rater}: the {name} split has no usable labelled image"
                 )
-            augment = build_augmentation(self.augment_cfg, self.seed + 1000 * self.fold, **self.augment_kwargs()) if name == "train" else None
+            augment = (
+                build_augmentation(self.augment_cfg, self.seed + 1000 * self.fold, **self.augment_kwargs())
+                if name == "train"
+                else None
+            )
             self.sets[name] = self.build(self.rows[name], augment)
 
     # Subclasses say which rows they use and how items are built.
@@ -188,7 +204,10 @@ class LumbarDataModule(L.LightningDataModule):
 
     def describe(self) -> dict[str, Any]:
         """Counts per split for logs and metrics.json (no identifiers)."""
-        return {name: {"images": len(rows), "patients": int(rows["patient"].nunique())} for name, rows in self.rows.items()}
+        return {
+            name: {"images": len(rows), "patients": int(rows["patient"].nunique())}
+            for name, rows in self.rows.items()
+        }
 
 
 class SliceDataModule(LumbarDataModule):
@@ -253,7 +272,9 @@ class PatchDataModule(LumbarDataModule):
                                context, pixel_mm=float(spacing[r.sop_instance_uid]))
             for r in rows.itertuples()
         ])  # fmt: skip
-        return CanalPatches(patches, self.targets(rows), rows["sop_instance_uid"].tolist(), self.geometry, augment)
+        return CanalPatches(
+            patches, self.targets(rows), rows["sop_instance_uid"].tolist(), self.geometry, augment
+        )
 
     def class_counts(self, split: str = "train") -> np.ndarray:
         return np.bincount(self.targets(self.rows[split]), minlength=self.num_classes)
@@ -269,7 +290,9 @@ class PatchDataModule(LumbarDataModule):
             counts = np.bincount(targets, minlength=self.num_classes).astype(float)
             weights = 1.0 / counts[targets]
         generator = torch.Generator().manual_seed(self.seed + self.fold)
-        return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), n, replacement=True, generator=generator)
+        return WeightedRandomSampler(
+            torch.as_tensor(weights, dtype=torch.double), n, replacement=True, generator=generator
+        )
 
     def hparams_dict(self) -> dict[str, Any]:
         return {"task": self.task, "patch": asdict(self.geometry), "balanced": self.balanced}

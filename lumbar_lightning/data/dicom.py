@@ -253,7 +253,9 @@ def scan_dicom(dicom_dir: Path, cache: ImageCache, salt: str = "lumbar-lightning
     """
     dicom_dir = Path(dicom_dir)
     if not dicom_dir.is_dir():
-        raise DataContractError(f"{dicom_dir} is not a folder: a data set needs its images under <dataset>/dicom")
+        raise DataContractError(
+            f"{dicom_dir} is not a folder: a data set needs its images under <dataset>/dicom"
+        )
     old = cache.load_manifest()
     new: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
@@ -291,10 +293,14 @@ def scan_dicom(dicom_dir: Path, cache: ImageCache, salt: str = "lumbar-lightning
             skipped.append(SkippedFile(str(path), entry["reason"]))
             continue
         record = dict(entry["record"], path=str(path))
-        record["patient"] = pseudonymise(record["patient_id"], salt)  # the salt may differ from the cached run's
+        record["patient"] = pseudonymise(
+            record["patient_id"], salt
+        )  # the salt may differ from the cached run's
         uid = record["sop_instance_uid"]
         if uid in seen:
-            skipped.append(SkippedFile(str(path), f"duplicate SOPInstanceUID {uid} (first copy: {seen[uid]})"))
+            skipped.append(
+                SkippedFile(str(path), f"duplicate SOPInstanceUID {uid} (first copy: {seen[uid]})")
+            )
             continue
         seen[uid] = str(path)
         rows.append(record)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 #: Root for UIDs we mint; ``generate_uid(entropy_srcs=...)`` makes them deterministic for a seeded cohort.
 UID_PREFIX = "1.2.826.0.1.3680043.8.498."

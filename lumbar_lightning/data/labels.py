@@ -148,7 +148,9 @@ def load_labels(
             header = [h.strip() for h in (reader.fieldnames or [])]
             missing = [c for c in required if c not in header]
             if missing:
-                raise DataContractError(f"{csv_path}: line 1: missing required column(s) {', '.join(missing)}")
+                raise DataContractError(
+                    f"{csv_path}: line 1: missing required column(s) {', '.join(missing)}"
+                )
             reader.fieldnames = header
             line = 1
             for raw in reader:
@@ -157,7 +159,9 @@ def load_labels(
                     raw["analyzer"] = analyzer
                 rater = (raw.get("analyzer") or "").strip() or "?"
                 if None in raw:
-                    rejected.setdefault(rater, []).append(RejectedRow(start, "more fields than the header has"))
+                    rejected.setdefault(rater, []).append(
+                        RejectedRow(start, "more fields than the header has")
+                    )
                     continue
                 try:
                     row = validate_row(raw, image_sizes)
@@ -167,7 +171,9 @@ def load_labels(
                 key = (row["analyzer"], row["sop_instance_uid"])
                 if key in seen:
                     rejected.setdefault(rater, []).append(
-                        RejectedRow(start, f"rater {key[0]} labels image {key[1]} twice (first on line {seen[key]})")
+                        RejectedRow(
+                            start, f"rater {key[0]} labels image {key[1]} twice (first on line {seen[key]})"
+                        )
                     )
                     continue
                 seen[key] = start

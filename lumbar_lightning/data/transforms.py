@@ -39,7 +39,9 @@ class PatchGeometry:
     #: classifier sees absolute canal size (the dural sac area matters for the grade); needs the pixel spacing.
     field_mm: float | None = None
 
-    def crop(self, image: np.ndarray, box: np.ndarray, context: float | None = None, pixel_mm: float | None = None) -> np.ndarray:
+    def crop(
+        self, image: np.ndarray, box: np.ndarray, context: float | None = None, pixel_mm: float | None = None
+    ) -> np.ndarray:
         context = self.context if context is None else context
         x0, y0, x1, y1 = (float(v) for v in box)
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
@@ -50,7 +52,7 @@ class PatchGeometry:
         else:
             half = max(x1 - x0, y1 - y0) * (0.5 + self.margin) * context
         half = max(half, 2.0)
-        out = int(round(self.size * context))
+        out = round(self.size * context)
         # Affine crop: maps [cx-half, cx+half] to [0, out]; pixels outside the image read as 0.
         s = out / (2 * half)
         matrix = np.array([[s, 0, out / 2 - s * cx], [0, s, out / 2 - s * cy]], dtype=np.float32)

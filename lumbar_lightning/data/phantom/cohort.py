@@ -130,7 +130,13 @@ def _patient_rows(cfg: PhantomConfig, index: int, out_dir: Path) -> dict[str, li
         truth.append(
             {
                 "sop_instance_uid": uid,
-                **dict(zip(("x_min", "y_min", "x_max", "y_max"), (round(v, 2) for v in rendered.canal_box), strict=True)),
+                **dict(
+                    zip(
+                        ("x_min", "y_min", "x_max", "y_max"),
+                        (round(v, 2) for v in rendered.canal_box),
+                        strict=True,
+                    )
+                ),
                 "level": level,
                 "grade": "" if true_cord[j] else GRADES[true_grade[j]],
                 "vertebral_level": DISC_LEVELS[patient.level_index[j]],
@@ -208,7 +214,9 @@ class PhantomCohort:
             results = [_patient_rows(cfg, i, out_dir) for i in indices]
         else:
             with ProcessPoolExecutor(workers) as pool:
-                results = list(pool.map(_patient_rows, [cfg] * cfg.n_patients, indices, [out_dir] * cfg.n_patients))
+                results = list(
+                    pool.map(_patient_rows, [cfg] * cfg.n_patients, indices, [out_dir] * cfg.n_patients)
+                )
         truth = [row for res in results for row in res["truth"]]
         labels = [row for res in results for row in res["labels"]]
         _write_csv(out_dir / "truth.csv", TRUTH_FIELDS, truth)

@@ -111,9 +111,14 @@ def sample_patient(cfg: LatentConfig, rng: np.random.Generator, index: int) -> L
         top = disc_z[0] + rng.uniform(-0.1, 0.9) * segment
     else:
         top = disc_z[int(rng.integers(1, 4))] + rng.uniform(-0.3, 0.3) * segment
-    span = float(np.clip(top - bottom, (cfg.min_slices - 1) * cfg.slice_spacing_mm,
-                         (cfg.max_slices - 1) * cfg.slice_spacing_mm))
-    n = int(round(span / cfg.slice_spacing_mm)) + 1
+    span = float(
+        np.clip(
+            top - bottom,
+            (cfg.min_slices - 1) * cfg.slice_spacing_mm,
+            (cfg.max_slices - 1) * cfg.slice_spacing_mm,
+        )
+    )
+    n = round(span / cfg.slice_spacing_mm) + 1
     slice_z = bottom + cfg.slice_spacing_mm * np.arange(n)[::-1] + rng.normal(0.0, 0.3)
     level_index = np.abs(slice_z[:, None] - disc_z[None, :]).argmin(axis=1)
     disc_offset = slice_z - disc_z[level_index]

@@ -120,10 +120,12 @@ class SliceRenderer:
         v = (rows - centre) / size
         c = anatomy.bias_coeffs
         # Coil sensitivity: smooth, brighter posteriorly (spine coil under the supine patient).
-        self.bias = np.exp(0.35 * v + 0.12 * c[0] * u + 0.08 * c[1] * u * v + 0.1 * c[2] * (u * u + v * v)).astype(
-            np.float32
+        self.bias = np.exp(
+            0.35 * v + 0.12 * c[0] * u + 0.08 * c[1] * u * v + 0.1 * c[2] * (u * u + v * v)
+        ).astype(np.float32)
+        self.texture = gaussian_filter(
+            np.random.default_rng(int(abs(c[3]) * 1e6)).normal(size=(size, size)), 3.0
         )
-        self.texture = gaussian_filter(np.random.default_rng(int(abs(c[3]) * 1e6)).normal(size=(size, size)), 3.0)
         self.texture = (self.texture / (self.texture.std() + 1e-6)).astype(np.float32)
 
     # -- primitives -------------------------------------------------------------------------------------------
@@ -144,7 +146,14 @@ class SliceRenderer:
         return slice(r0, max(r0, r1)), slice(c0, max(c0, c1))
 
     def ellipse(
-        self, img: np.ndarray, cx: float, cy: float, a: float, b: float, value: float | np.ndarray, angle: float = 0.0
+        self,
+        img: np.ndarray,
+        cx: float,
+        cy: float,
+        a: float,
+        b: float,
+        value: float | np.ndarray,
+        angle: float = 0.0,
     ) -> None:
         """Paint a filled ellipse (half-axes a, b mm, rotated by ``angle`` degrees) with ``value``."""
         win = self._window(cx, cy, max(a, b))
@@ -187,7 +196,9 @@ class SliceRenderer:
                     + mix[2] * np.cos(theta) ** 4
                 )
             )
-            return base * (1.0 + trefoil * np.cos(3 * (theta - np.pi / 2))) * np.clip(1.0 - pressure, 0.35, 1.0)
+            return (
+                base * (1.0 + trefoil * np.cos(3 * (theta - np.pi / 2))) * np.clip(1.0 - pressure, 0.35, 1.0)
+            )
 
         # Scale the outline so that the sac has the target area (area = 1/2 integral of r^2 d theta).
         grid = np.linspace(-np.pi, np.pi, 721)
@@ -200,7 +211,7 @@ class SliceRenderer:
         x, y = self.x[win], self.y[win]
         theta = np.arctan2(y, x)
         rho = np.hypot(x, y)
-        w_ant, w_post = angular_window(theta, -90, 2), angular_window(theta, 90, 2)
+        w_post = angular_window(theta, 90, 2)
         w_pl = angular_window(theta, 40, 6) + angular_window(theta, 140, 6)
         r_sac = k * sac_shape(theta)
         r_canal = r_sac + 0.4 + fat * w_post + 0.35 * fat * w_pl
@@ -211,7 +222,12 @@ class SliceRenderer:
         # Body wall, subcutaneous fat, abdomen, psoas and paraspinal muscles.
         self.ellipse(img, 0, an.body_cy, an.body_a, an.body_b, FAT)
         self.ellipse(
-            img, 0, an.body_cy, an.body_a - an.subcut_fat, an.body_b - 0.8 * an.subcut_fat, BOWEL + 0.06 * self.texture
+            img,
+            0,
+            an.body_cy,
+            an.body_a - an.subcut_fat,
+            an.body_b - 0.8 * an.subcut_fat,
+            BOWEL + 0.06 * self.texture,
         )
         vb_a = an.vb_a * (1 + 0.18 * caudal)
         vb_cy = -(sac_front + an.vb_b - 0.5)
@@ -219,7 +235,9 @@ class SliceRenderer:
         for side in (-1, 1):
             self.ellipse(img, side * (vb_a + psoas * 0.7), vb_cy + 4, psoas, psoas * 0.75, PSOAS)
             mx = side * (sac_side + 20) * an.muscle_scale
-            self.ellipse(img, mx, sac_back + 18, 23 * an.muscle_scale, 26, MUSCLE + 0.03 * self.texture, side * 10)
+            self.ellipse(
+                img, mx, sac_back + 18, 23 * an.muscle_scale, 26, MUSCLE + 0.03 * self.texture, side * 10
+            )
             self.ellipse(img, mx * 1.1, sac_back + 22, 1.8, 14, FAT * 0.8, side * 15)  # intermuscular fat
 
         # Bony ring (pedicles and laminae), spinous process, facets near the disc.
@@ -290,7 +308,7 @@ class SliceRenderer:
         cord_r = spec.cord_radius_mm
         if cord_r >= 0.3:
             cy = -0.1 * half_depth
-            m = self._coverage((np.hypot(x / 1.2, (y - cy) / 0.95) - cord_r))
+            m = self._coverage(np.hypot(x / 1.2, (y - cy) / 0.95) - cord_r)
             out = out * (1 - m) + CORD * m
         n_roots = int(ROOTLET_COUNT[spec.level_index] * (1.0 - smoothstep(CORD_VISIBLE_MM, 3.5, cord_r)))
         if n_roots:

@@ -7,12 +7,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pydicom  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pydicom
 
-from lumbar_lightning.data.dicom import decode_pixels  # noqa: E402
+from lumbar_lightning.data.dicom import decode_pixels
 
 ROWS = (("cord", "cord"), ("A", "grade A"), ("B", "grade B"), ("C", "grade C"), ("D", "grade D"))
 RATER_COLOURS = {"A1": "#ff4040", "A2": "#40a0ff"}
@@ -35,7 +35,13 @@ def samples_figure(root: Path | str, out_png: Path | str, per_row: int = 5, crop
     labels = pd.read_csv(root / "labels.csv", dtype={"grade": str}, keep_default_na=False)
     paths = {}
     for path in (root / "dicom").rglob("*.dcm"):
-        paths[str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)] = path
+        paths[
+            str(
+                pydicom.dcmread(
+                    path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]
+                ).SOPInstanceUID
+            )
+        ] = path
     fig, axes = plt.subplots(len(ROWS), per_row + 1, figsize=(2.2 * (per_row + 1), 2.3 * len(ROWS)))
     for r, (key, title) in enumerate(ROWS):
         picks = _pick(truth, key, per_row)
