@@ -132,3 +132,18 @@ def test_compare_two_runs(tiny_cv: Path, tiny_phantom: Path, tmp_path: Path) -> 
     bad = subprocess.run([sys.executable, "-m", "lumbar_lightning.compare", f"run_a={tiny_cv}", f"run_b={tmp_path}",
                           f"hydra.run.dir={tmp_path / 'h2'}"], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
+
+
+def test_a_single_fold_run_reproduces_the_cv_fold(tiny_cv: Path, tiny_phantom: Path, tmp_path: Path) -> None:
+    """`lumbar-train data.fold=k` (what `-m data.fold=range(K)` runs) gives lumbar-cv's fold k, even with
+    another logger: same code path, same seeds, same thread count."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "lumbar_lightning.train", f"data.data_dir={tiny_phantom}", "logger=csv",
+           "data.fold=2", "data.rater=A2", f"hydra.run.dir={tmp_path}", *TINY_CV]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    single = pd.read_csv(tmp_path / "A2" / "fold_2" / "predictions.csv", keep_default_na=False)
+    in_cv = pd.read_csv(tiny_cv / "A2" / "fold_2" / "predictions.csv", keep_default_na=False)
+    pd.testing.assert_frame_equal(single, in_cv)
