@@ -15,8 +15,6 @@ from lumbar_lightning.data.labels import GRADES
 from lumbar_lightning.data.transforms import PatchGeometry, resize_image, scale_boxes
 from lumbar_lightning.models.stages import CanalDetector, GradeClassifier, RootletClassifier
 
-LEVELS_BY_INDEX = {v: k for k, v in LEVEL_INDEX.items()}
-
 
 @dataclass
 class Prediction:

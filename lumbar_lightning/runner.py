@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lumbar_lightning.data.datamodules import LEVEL_INDEX, PatchDataModule, SliceDataModule, load_dataset
-from lumbar_lightning.data.dataset import TRUTH_RATER, LumbarDataset
+from lumbar_lightning.data.dataset import LumbarDataset
 from lumbar_lightning.data.dicom import atomic_write_text
 from lumbar_lightning.data.labels import GRADES
 from lumbar_lightning.data.transforms import PatchGeometry
@@ -219,10 +219,10 @@ def flat_scalars(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
 
 
 def log_pipeline_run(
-    cfg: DictConfig, name: str, out_dir: Path, metrics: dict[str, Any], predictions: pd.DataFrame
+    cfg: DictConfig, name: str, tracking_dir: Path, metrics: dict[str, Any], predictions: pd.DataFrame
 ) -> None:
     """The fold's chained results as a W&B run: metrics, confusion matrices, the per-image predictions table."""
-    with wandb_run(cfg, name, out_dir / "logs", job_type="pipeline") as run:
+    with wandb_run(cfg, name, tracking_dir, job_type="pipeline") as run:
         if run is None:
             return
         import wandb
@@ -292,7 +292,3 @@ def chained_metrics(predictions: pd.DataFrame, rater: str, balanced: bool = Fals
     grade = agreement(graded[grade_col], graded[pred_grade], GRADES)
     grade["coverage"] = float(len(graded) / max(1, (labelled[grade_col] != "").sum()))
     return rootlet, grade
-
-
-def truth_available(dataset: LumbarDataset) -> bool:
-    return dataset.truth is not None and TRUTH_RATER in dataset.truth.raters

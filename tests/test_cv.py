@@ -78,6 +78,7 @@ def test_report_and_figures(tiny_cv: Path) -> None:
 
 def test_wandb_offline_runs_are_one_per_rater_stage_fold(tiny_cv: Path) -> None:
     runs = offline_runs(tiny_cv)
+    assert all(r["dir"].parent == tiny_cv / "logs" / "wandb" for r in runs.values())  # one folder per CV
     expected = {
         f"{r}-{s}-fold{k}"
         for r in ("A1", "A2")

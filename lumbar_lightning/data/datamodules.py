@@ -6,7 +6,6 @@ Both read normalised images from the ingestion cache, never DICOM, and take thei
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -293,6 +292,3 @@ class PatchDataModule(LumbarDataModule):
         return WeightedRandomSampler(
             torch.as_tensor(weights, dtype=torch.double), n, replacement=True, generator=generator
         )
-
-    def hparams_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "patch": asdict(self.geometry), "balanced": self.balanced}

@@ -11,7 +11,7 @@ import json
 import os
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +176,6 @@ class ImageCache:
     """
 
     root: Path
-    _mmap: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -210,7 +209,6 @@ class ImageCache:
         tmp = target.with_suffix(".tmp.npy")
         np.save(tmp, image.astype(np.float16, copy=False))
         os.replace(tmp, target)
-        self._mmap.pop(sop_instance_uid, None)
 
     def has(self, sop_instance_uid: str) -> bool:
         return self.image_path(sop_instance_uid).exists()
