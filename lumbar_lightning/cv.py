@@ -58,10 +58,11 @@ def cross_validate(cfg: DictConfig, root: Path | None = None) -> dict[str, Any]:
     else:
         prepare_data(cfg)  # generate and ingest once, before the workers read the cache
         values = OmegaConf.to_container(cfg, resolve=True)
-        # One line per finished fold instead of interleaved progress bars; the cores shared out between workers
-        # (run_fold sets torch's thread count from ``threads``).
+        # One line per finished fold instead of interleaved progress bars. ``threads`` is each fold's own thread
+        # count, so a fold computes exactly as `lumbar-train threads=N` does (float sums depend on the thread
+        # count); unset, the cores are shared out and the folds match single runs only at that count.
         values["trainer"]["enable_progress_bar"] = False
-        threads = max(1, int(cfg.get("threads") or torch.get_num_threads()) // workers)
+        threads = int(cfg.threads) if cfg.get("threads") else max(1, torch.get_num_threads() // workers)
         values["threads"] = threads
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context) as pool:

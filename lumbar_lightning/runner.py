@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import time
@@ -68,8 +69,13 @@ def _trainer(
     monitor: str,
     run_name: str,
     tracking_dir: Path,
-) -> L.Trainer:
-    """A Trainer for one stage: the configured trainer, the stage's epochs, best/last checkpoints on ``monitor``."""
+) -> tuple[L.Trainer, L.Trainer]:
+    """The fit and test Trainers of one stage, sharing loggers.
+
+    Fit: the configured trainer (one or N processes), the stage's epochs, best/last checkpoints on ``monitor``.
+    Test: one process on the same accelerator, so test metrics are computed once, in this process, on every
+    test image (a distributed sampler would pad the test set with repeats).
+    """
     callbacks = [
         L.pytorch.callbacks.ModelCheckpoint(
             dirpath=out_dir / "checkpoints" / stage,
@@ -96,7 +102,11 @@ def _trainer(
     kwargs.pop("_target_", None)
     for lg in loggers:  # the whole run config, not only the module's hyperparameters
         lg.log_hyperparams({"run": run_config(cfg), "stage": stage})
-    return L.Trainer(**kwargs, callbacks=callbacks, logger=loggers or False, default_root_dir=str(out_dir))
+    common = {"logger": loggers or False, "default_root_dir": str(out_dir)}
+    fit = L.Trainer(**kwargs, callbacks=callbacks, **common)
+    test_kwargs = {k: v for k, v in kwargs.items() if k not in ("devices", "strategy", "sync_batchnorm", "num_nodes")}
+    test = L.Trainer(**test_kwargs, devices=1, **common)
+    return fit, test
 
 
 def _fit_stage(cfg: DictConfig, stage: str, module: StageModule, datamodule: L.LightningDataModule,
@@ -104,24 +114,47 @@ def _fit_stage(cfg: DictConfig, stage: str, module: StageModule, datamodule: L.L
     """Fit, reload the best checkpoint (weights only), test it on the rater's own boxes."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     stage_cfg = cfg.model[stage]
-    trainer = _trainer(cfg, stage, stage_cfg, out_dir, module.monitor, run_name, tracking_dir)
+    trainer, tester = _trainer(cfg, stage, stage_cfg, out_dir, module.monitor, run_name, tracking_dir)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
     fit_seconds = time.perf_counter() - start
-    best = out_dir / "checkpoints" / stage / "best.ckpt"
-    if best.exists():
-        load_stage_weights(module, best)
-    trainer.test(module, datamodule=datamodule, verbose=False)
+    # Under ddp_spawn the fit ran in other processes: what it leaves behind is read from the trainer's returned
+    # callback metrics and the checkpoints, never from the module's in-process state.
+    best_val = trainer.callback_metrics.get(f"{module.monitor}_best")
+    ckpt_dir = out_dir / "checkpoints" / stage
+    if (ckpt_dir / "best.ckpt").exists():
+        load_stage_weights(module, ckpt_dir / "best.ckpt")
+    _reload_csv_columns(tester)
+    tester.test(module, datamodule=datamodule, verbose=False)
     metrics = dict(module.last_metrics.get("test", {}))
-    metrics["best_val"] = float(module.val_best.compute()) if module.val_best.update_count else float("nan")
-    metrics["epochs"] = int(trainer.current_epoch)
+    metrics["best_val"] = float(best_val) if best_val is not None else float("nan")
+    metrics["epochs"] = _checkpoint_epochs(ckpt_dir / "last.ckpt")
     metrics["fit_seconds"] = round(fit_seconds, 2)
     if wandb_settings(cfg) is not None and "test/confmat" in metrics:
         _log_confusion(
-            trainer, metrics["test/confmat"], list(module.class_names), f"{run_name} test (rater boxes)"
+            tester, metrics["test/confmat"], list(module.class_names), f"{run_name} test (rater boxes)"
         )
     finish_active_run()
     return metrics
+
+
+def _reload_csv_columns(trainer: L.Trainer) -> None:
+    """After a spawned fit, a CSVLogger in this process has not seen the columns its file gained in the workers
+    (and would fail to append); read them back from the file's header."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    for lg in trainer.loggers:
+        if isinstance(lg, CSVLogger) and Path(lg.experiment.metrics_file_path).exists():
+            with open(lg.experiment.metrics_file_path, newline="") as fh:
+                header = next(csv.reader(fh), [])
+            lg.experiment.metrics_keys = sorted(set(lg.experiment.metrics_keys) | set(header))
+
+
+def _checkpoint_epochs(path: Path) -> int:
+    """Epochs trained, as the last checkpoint records them (0 when there is none, e.g. fast_dev_run)."""
+    if not path.exists():
+        return 0
+    return int(torch.load(path, map_location="cpu", weights_only=True).get("epoch", -1)) + 1
 
 
 def _log_confusion(trainer: L.Trainer, confmat: list[list[int]], classes: list[str], title: str) -> None:

@@ -28,7 +28,8 @@ TINY_CV = [
 def tiny_cv(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cv")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="cv", overrides=[f"data.data_dir={tiny_phantom}", "logger=wandb", *TINY_CV])
+        cfg = compose(config_name="cv", overrides=[f"data.data_dir={tiny_phantom}", "logger=wandb", "cv.workers=2",
+                                                   "threads=1", *TINY_CV])  # fmt: skip
     cross_validate(cfg, root=root)
     return root
 
@@ -135,16 +136,18 @@ def test_compare_two_runs(tiny_cv: Path, tiny_phantom: Path, tmp_path: Path) -> 
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
 
 
-def test_a_single_fold_run_reproduces_the_cv_fold(tiny_cv: Path, tiny_phantom: Path, tmp_path: Path) -> None:
-    """`lumbar-train data.fold=k` (what `-m data.fold=range(K)` runs) gives lumbar-cv's fold k, even with
-    another logger: same code path, same seeds, same thread count."""
+def test_a_multirun_over_folds_reproduces_the_cv_folds(tiny_cv: Path, tiny_phantom: Path, tmp_path: Path) -> None:
+    """`lumbar-train -m data.fold=...` (Hydra multirun, folds one after another in one process, another logger)
+    gives exactly the folds that lumbar-cv trained two at a time in worker processes: same code path, same
+    seeds, same per-fold thread count."""
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "lumbar_lightning.train", f"data.data_dir={tiny_phantom}", "logger=csv",
-           "data.fold=2", "data.rater=A2", f"hydra.run.dir={tmp_path}", *TINY_CV]  # fmt: skip
+    cmd = [sys.executable, "-m", "lumbar_lightning.train", "-m", f"data.data_dir={tiny_phantom}", "logger=csv",
+           "data.fold=1,2", "data.rater=A2", "threads=1", f"hydra.sweep.dir={tmp_path}", *TINY_CV]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    single = pd.read_csv(tmp_path / "A2" / "fold_2" / "predictions.csv", keep_default_na=False)
-    in_cv = pd.read_csv(tiny_cv / "A2" / "fold_2" / "predictions.csv", keep_default_na=False)
-    pd.testing.assert_frame_equal(single, in_cv)
+    for job, fold in ((0, 1), (1, 2)):
+        single = pd.read_csv(tmp_path / str(job) / "A2" / f"fold_{fold}" / "predictions.csv", keep_default_na=False)
+        in_cv = pd.read_csv(tiny_cv / "A2" / f"fold_{fold}" / "predictions.csv", keep_default_na=False)
+        pd.testing.assert_frame_equal(single, in_cv)

@@ -180,9 +180,13 @@ class LumbarDataModule(L.LightningDataModule):
         train = split == "train"
         sampler = self.sampler(split) if train else None
         generator = torch.Generator().manual_seed(self.seed + self.fold)
+        # ``batch_size`` is the global batch: with N processes each loads 1/N of it, so a step sees as many
+        # images, and the learning rate means the same, with 1 or N processes.
+        world = self.trainer.world_size if self.trainer is not None else 1
+        batch_size = max(1, (self.batch_size if train else self.eval_batch_size) // world)
         return DataLoader(
             self.sets[split],
-            batch_size=self.batch_size if train else self.eval_batch_size,
+            batch_size=batch_size,
             shuffle=train and sampler is None,
             sampler=sampler,
             num_workers=self.num_workers,
