@@ -104,7 +104,9 @@ def _trainer(
         lg.log_hyperparams({"run": run_config(cfg), "stage": stage})
     common = {"logger": loggers or False, "default_root_dir": str(out_dir)}
     fit = L.Trainer(**kwargs, callbacks=callbacks, **common)
-    test_kwargs = {k: v for k, v in kwargs.items() if k not in ("devices", "strategy", "sync_batchnorm", "num_nodes")}
+    test_kwargs = {
+        k: v for k, v in kwargs.items() if k not in ("devices", "strategy", "sync_batchnorm", "num_nodes")
+    }
     test = L.Trainer(**test_kwargs, devices=1, **common)
     return fit, test
 

@@ -136,7 +136,9 @@ def test_compare_two_runs(tiny_cv: Path, tiny_phantom: Path, tmp_path: Path) -> 
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
 
 
-def test_a_multirun_over_folds_reproduces_the_cv_folds(tiny_cv: Path, tiny_phantom: Path, tmp_path: Path) -> None:
+def test_a_multirun_over_folds_reproduces_the_cv_folds(
+    tiny_cv: Path, tiny_phantom: Path, tmp_path: Path
+) -> None:
     """`lumbar-train -m data.fold=...` (Hydra multirun, folds one after another in one process, another logger)
     gives exactly the folds that lumbar-cv trained two at a time in worker processes: same code path, same
     seeds, same per-fold thread count."""
@@ -148,6 +150,8 @@ def test_a_multirun_over_folds_reproduces_the_cv_folds(tiny_cv: Path, tiny_phant
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     for job, fold in ((0, 1), (1, 2)):
-        single = pd.read_csv(tmp_path / str(job) / "A2" / f"fold_{fold}" / "predictions.csv", keep_default_na=False)
+        single = pd.read_csv(
+            tmp_path / str(job) / "A2" / f"fold_{fold}" / "predictions.csv", keep_default_na=False
+        )
         in_cv = pd.read_csv(tiny_cv / "A2" / f"fold_{fold}" / "predictions.csv", keep_default_na=False)
         pd.testing.assert_frame_equal(single, in_cv)
