@@ -24,7 +24,7 @@ def test_ingest_writes_report_and_folds(tiny_dataset: Path, tmp_path: Path) -> N
     report = json.loads((out / "ingest_report.json").read_text())
     assert report["images"] == 48 and report["patients"] == 12
     assert report["skipped_files"] == [
-        {"path": str(tiny_dataset / "dicom" / "junk.dcm"), "reason": report["skipped_files"][0]["reason"]}
+        {"path": "junk.dcm", "reason": report["skipped_files"][0]["reason"]}  # relative to <dataset>/dicom
     ]
     assert "not a DICOM file" in report["skipped_files"][0]["reason"]
     assert report["labels"]["A1"] == {"accepted": 48, "rejected": []}

@@ -13,6 +13,7 @@ from lumbar_lightning.data.dicom import DicomIndex, ImageCache, SkippedFile, sca
 from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.data.folds import StratifiedPatientFolds, stratum
 from lumbar_lightning.data.labels import GRADES, LabelTable, load_labels
+from lumbar_lightning.data.series import SeriesDecision, select_series
 from lumbar_lightning.data.transforms import resize_image
 
 TRUTH_RATER = "truth"
@@ -27,6 +28,7 @@ class LumbarDataset:
     labels: LabelTable
     truth: LabelTable | None
     cache: ImageCache
+    series: list[SeriesDecision] = field(default_factory=list)
     _resized: dict[tuple[str, int], np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -46,18 +48,31 @@ class LumbarDataset:
             raise DataContractError(
                 f"no readable image under {root / 'dicom'} ({len(index.skipped)} file(s) skipped)"
             )
+        all_images = index.images
+        index.images, series = select_series(all_images)
+        if index.images.empty:
+            raise DataContractError(
+                f"no axial series under {root / 'dicom'}: all {len(series)} series were excluded "
+                f"({'; '.join(sorted({d.reason for d in series}))})"
+            )
+        excluded = {d.series_instance_uid: d.reason for d in series if not d.chosen}
+        not_used = {
+            uid: excluded[s]
+            for uid, s in all_images[["sop_instance_uid", "series_instance_uid"]].itertuples(index=False)
+            if s in excluded
+        }
         sizes = {
             uid: (int(r), int(c))
             for uid, r, c in index.images[["sop_instance_uid", "rows", "columns"]].itertuples(index=False)
         }
-        labels = load_labels(root / "labels.csv", sizes)
+        labels = load_labels(root / "labels.csv", sizes, excluded=not_used)
         if labels.rows.empty:
             n_bad = sum(len(v) for v in labels.rejected.values())
             raise DataContractError(f"{root / 'labels.csv'} has no valid label row ({n_bad} rejected)")
         truth = None
         if (root / "truth.csv").is_file():
-            truth = load_labels(root / "truth.csv", sizes, analyzer=TRUTH_RATER)
-        return cls(root=root, index=index, labels=labels, truth=truth, cache=cache)
+            truth = load_labels(root / "truth.csv", sizes, analyzer=TRUTH_RATER, excluded=not_used)
+        return cls(root=root, index=index, labels=labels, truth=truth, cache=cache, series=series)
 
     def resized(self, sop_instance_uid: str, size: int) -> np.ndarray:
         """The cached image resized for the detector, kept in memory (float16) for every later fold."""
@@ -105,7 +120,8 @@ class LumbarDataset:
             "series": int(self.images["series_instance_uid"].nunique()),
             "decoded_files": self.index.decoded,
             "cached_files": self.index.from_cache,
-            "skipped_files": [s.as_dict() for s in self.skipped],
+            "skipped_files": [s.as_dict(self.root / "dicom") for s in self.skipped],
+            "excluded_series": [d.as_dict() for d in self.series if not d.chosen],
             "labels": self.labels.report(),
             "grade_distribution": self.labels.grade_distribution(),
             "intersection_images": len(self.labels.intersection()),

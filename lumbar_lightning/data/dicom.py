@@ -6,9 +6,11 @@ readable image is never fatal: it lands in ``skipped`` with the reason, as the d
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat as stat_module
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,10 +24,10 @@ from pydicom.errors import InvalidDicomError
 
 from lumbar_lightning.data.errors import DataContractError
 
-#: One row per image in the index; ``patient`` is the pseudonym that may leave the machine, ``patient_id`` not.
+#: One row per image in the index. ``patient`` is the salted pseudonym; the PatientID itself is never kept.
 INDEX_COLUMNS = [
     "sop_instance_uid",
-    "patient_id",
+    "frame",
     "patient",
     "study_instance_uid",
     "series_instance_uid",
@@ -33,6 +35,10 @@ INDEX_COLUMNS = [
     "ipp_x",
     "ipp_y",
     "ipp_z",
+    "normal_x",
+    "normal_y",
+    "normal_z",
+    "slice_position",
     "pixel_spacing_row",
     "pixel_spacing_col",
     "slice_thickness",
@@ -40,7 +46,11 @@ INDEX_COLUMNS = [
     "columns",
     "modality",
     "series_description",
+    "image_type",
+    "echo_time",
+    "repetition_time",
     "transfer_syntax",
+    "pixel_sha1",
     "path",
     "file_size",
     "file_mtime_ns",
@@ -48,6 +58,10 @@ INDEX_COLUMNS = [
 
 #: Refuse to allocate for images larger than this many pixels (a hostile header must not exhaust memory).
 MAX_PIXELS = 4096 * 4096
+#: Frames of one multi-frame object, and pixels of all frames of one file together: what one file may make us
+#: allocate is bounded before decoding (64 Mi pixels = 256 MiB as float32).
+MAX_FRAMES = 1024
+MAX_FILE_PIXELS = 64 * 1024 * 1024
 
 
 @dataclass
@@ -57,8 +71,12 @@ class SkippedFile:
     path: str
     reason: str
 
-    def as_dict(self) -> dict[str, str]:
-        return {"path": self.path, "reason": self.reason}
+    def as_dict(self, relative_to: Path | None = None) -> dict[str, str]:
+        """For reports: the path relative to the data folder where given (no machine-specific prefix)."""
+        path = self.path
+        if relative_to is not None and Path(self.path).is_relative_to(relative_to):
+            path = str(Path(self.path).relative_to(relative_to))
+        return {"path": path, "reason": self.reason}
 
 
 def pseudonymise(patient_id: str, salt: str = "lumbar-lightning") -> str:
@@ -85,29 +103,91 @@ def _float(value: Any, default: float = float("nan")) -> float:
         return default
 
 
-def header_record(ds: pydicom.Dataset, path: Path, salt: str) -> dict[str, Any]:
-    """The index row of one dataset: geometry and identity tags, with NaN where a tag is absent."""
-    ipp = ds.get("ImagePositionPatient") or [np.nan, np.nan, np.nan]
-    spacing = ds.get("PixelSpacing") or [np.nan, np.nan]
+def _floats(value: Any, n: int) -> list[float]:
+    """``n`` numbers from a multi-valued tag, NaN where absent or malformed (a wrong VR must not crash a scan)."""
+    try:
+        values = [float(v) for v in value]
+    except (TypeError, ValueError):
+        return [float("nan")] * n
+    return values[:n] if len(values) >= n else [float("nan")] * n
+
+
+def image_key(sop_uid: str, frame: int = 0) -> str:
+    """The id of one image: its SOPInstanceUID, or ``<uid>#<frame>`` for a frame (1-based) of a multi-frame object."""
+    return f"{sop_uid}#{frame}" if frame else sop_uid
+
+
+def _first_item(ds: Any, keyword: str) -> Any:
+    seq = ds.get(keyword) if ds is not None else None
+    try:
+        return seq[0] if seq else None
+    except (TypeError, IndexError):
+        return None
+
+
+def _functional(ds: pydicom.Dataset, frame_index: int | None, group: str, keyword: str) -> Any:
+    """A per-frame value of an enhanced object (per-frame group, then shared group), else the top-level tag."""
+    if frame_index is not None:
+        for holder in (
+            _item_at(ds.get("PerFrameFunctionalGroupsSequence"), frame_index),
+            _first_item(ds, "SharedFunctionalGroupsSequence"),
+        ):
+            item = _first_item(holder, group)
+            if item is not None and keyword in item:
+                return item.get(keyword)
+    return ds.get(keyword)
+
+
+def _item_at(seq: Any, index: int) -> Any:
+    try:
+        return seq[index] if seq is not None and len(seq) > index else None
+    except (TypeError, IndexError):
+        return None
+
+
+def header_record(ds: pydicom.Dataset, path: Path, salt: str, frame_index: int | None = None) -> dict[str, Any]:
+    """The index row of one image (a single-frame file, or frame ``frame_index`` of a multi-frame one): geometry,
+    sequence and identity tags, with NaN where a tag is absent. Slices are ordered by ``slice_position``, the
+    position along the slice normal, never by InstanceNumber or file name."""
+    ipp = _floats(_functional(ds, frame_index, "PlanePositionSequence", "ImagePositionPatient"), 3)
+    iop = _floats(_functional(ds, frame_index, "PlaneOrientationSequence", "ImageOrientationPatient"), 6)
+    spacing = _floats(_functional(ds, frame_index, "PixelMeasuresSequence", "PixelSpacing"), 2)
+    thickness = _float(_functional(ds, frame_index, "PixelMeasuresSequence", "SliceThickness"))
+    normal = np.cross(iop[:3], iop[3:]) if np.all(np.isfinite(iop)) else np.full(3, np.nan)
+    norm = float(np.linalg.norm(normal))
+    normal = normal / norm if norm > 0 else np.full(3, np.nan)
+    echo = ds.get("EchoTime")
+    if echo is None and frame_index is not None:
+        echo = _functional(ds, frame_index, "MREchoSequence", "EffectiveEchoTime")
     stat = path.stat()
     patient_id = str(ds.get("PatientID", "") or "")
+    frame = frame_index + 1 if frame_index is not None else 0
+    image_type = ds.get("ImageType") or []
     return {
-        "sop_instance_uid": str(ds.SOPInstanceUID),
+        "sop_instance_uid": image_key(str(ds.SOPInstanceUID), frame),
+        "frame": frame,
         "patient_id": patient_id,
         "patient": pseudonymise(patient_id, salt),
         "study_instance_uid": str(ds.get("StudyInstanceUID", "")),
         "series_instance_uid": str(ds.get("SeriesInstanceUID", "")),
         "instance_number": int(_float(ds.get("InstanceNumber"), -1)),
-        "ipp_x": _float(ipp[0]),
-        "ipp_y": _float(ipp[1]),
-        "ipp_z": _float(ipp[2]),
-        "pixel_spacing_row": _float(spacing[0]),
-        "pixel_spacing_col": _float(spacing[1]),
-        "slice_thickness": _float(ds.get("SliceThickness")),
+        "ipp_x": ipp[0],
+        "ipp_y": ipp[1],
+        "ipp_z": ipp[2],
+        "normal_x": float(normal[0]),
+        "normal_y": float(normal[1]),
+        "normal_z": float(normal[2]),
+        "slice_position": float(np.dot(ipp, normal)),
+        "pixel_spacing_row": spacing[0],
+        "pixel_spacing_col": spacing[1],
+        "slice_thickness": thickness,
         "rows": int(ds.Rows),
         "columns": int(ds.Columns),
         "modality": str(ds.get("Modality", "")),
         "series_description": str(ds.get("SeriesDescription", "")),
+        "image_type": "\\".join(str(v) for v in image_type) if not isinstance(image_type, str) else image_type,
+        "echo_time": _float(echo),
+        "repetition_time": _float(ds.get("RepetitionTime")),
         "transfer_syntax": str(ds.file_meta.TransferSyntaxUID) if "TransferSyntaxUID" in ds.file_meta else "",
         "path": str(path),
         "file_size": stat.st_size,
@@ -116,10 +196,12 @@ def header_record(ds: pydicom.Dataset, path: Path, salt: str) -> dict[str, Any]:
 
 
 def decode_pixels(ds: pydicom.Dataset) -> np.ndarray:
-    """Pixel values in the modality's units (rescale applied), MONOCHROME1 inverted, as float32 2-D."""
+    """Pixel values in the modality's units (rescale applied), MONOCHROME1 inverted, as float32 2-D (one frame)
+    or 3-D (frames first)."""
     arr = ds.pixel_array
-    if arr.ndim != 2:
-        raise ValueError(f"expected a single-frame 2-D image, got an array of shape {arr.shape}")
+    frames = int(_float(ds.get("NumberOfFrames"), 1))
+    if arr.ndim != (3 if frames > 1 else 2):
+        raise ValueError(f"expected {frames} frame(s) of one sample per pixel, got an array of shape {arr.shape}")
     arr = pydicom.pixels.apply_rescale(arr, ds).astype(np.float32, copy=False)
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         arr = arr.max() + arr.min() - arr
@@ -134,37 +216,84 @@ def normalise(arr: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> 
     return np.clip((arr - lo) / (hi - lo), 0.0, 1.0).astype(np.float16)
 
 
-def read_image(path: Path, salt: str = "lumbar-lightning") -> tuple[dict[str, Any], np.ndarray]:
-    """Read, validate and decode one DICOM file; raise ``ValueError`` with a readable reason if it is unusable."""
+def _open_dataset(path: Path) -> pydicom.Dataset:
+    """Parse a file's DICOM header and data elements (pixel data stays undecoded); ``ValueError`` if unusable."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, force=False)
+            with open(path, "rb") as fh:
+                return pydicom.dcmread(fh, force=False)
     except InvalidDicomError as exc:
         raise ValueError(f"not a DICOM file ({exc})") from exc
     except PermissionError as exc:
         raise ValueError(f"unreadable: permission denied ({exc.strerror})") from exc
+    except IsADirectoryError as exc:
+        raise ValueError("not a regular file") from exc
     except Exception as exc:  # pydicom raises many types on corrupt input
         raise ValueError(f"corrupt DICOM ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_image_header(ds: pydicom.Dataset) -> int:
+    """Validate what decoding would allocate from, before anything is allocated; returns the frame count."""
     if "PixelData" not in ds:
         raise ValueError("no pixel data")
     if "SOPInstanceUID" not in ds or not str(ds.SOPInstanceUID).strip():
         raise ValueError("no SOPInstanceUID")
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        frames = int(_float(ds.get("NumberOfFrames"), 1))
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"malformed image size tags ({exc})") from exc
     if rows <= 0 or cols <= 0:
         raise ValueError(f"invalid image size Rows={rows} Columns={cols}")
     if rows * cols > MAX_PIXELS:
         raise ValueError(f"image size {rows}x{cols} exceeds the limit of {MAX_PIXELS} pixels")
-    frames = int(_float(ds.get("NumberOfFrames"), 1))
-    if frames > 1:
-        raise ValueError(f"multi-frame image ({frames} frames) is not supported")
+    if not 1 <= frames <= MAX_FRAMES:
+        raise ValueError(f"NumberOfFrames={frames} is outside 1..{MAX_FRAMES}")
+    if rows * cols * frames > MAX_FILE_PIXELS:
+        raise ValueError(f"{frames} frame(s) of {rows}x{cols} exceed the limit of {MAX_FILE_PIXELS} pixels a file")
+    if samples != 1:
+        raise ValueError(f"SamplesPerPixel={samples}: MR images have one sample per pixel")
+    length = len(ds.PixelData) if ds.PixelData is not None else 0
+    if length == 0:
+        raise ValueError("pixel data is empty (zero length)")
+    if "TransferSyntaxUID" in ds.file_meta and not ds.file_meta.TransferSyntaxUID.is_compressed:
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+        expected = rows * cols * frames * max(1, bits // 8)
+        if length < expected:
+            raise ValueError(
+                f"pixel data is shorter than its header declares ({length} bytes for {frames} frame(s) of "
+                f"{rows}x{cols} at {bits} bits = {expected} bytes): truncated file?"
+            )
+    return frames
+
+
+def read_images(path: Path, salt: str = "lumbar-lightning") -> list[tuple[dict[str, Any], np.ndarray]]:
+    """Read, validate and decode one DICOM file: one (record, pixels) per image, several for a multi-frame
+    object (each frame with its own position and spacing). ``ValueError`` with a readable reason if unusable."""
+    ds = _open_dataset(path)
+    frames = _check_image_header(ds)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pixels = decode_pixels(ds)
     except Exception as exc:
         raise ValueError(f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from exc
-    return header_record(ds, path, salt), pixels
+    if frames == 1:
+        return [(header_record(ds, path, salt), pixels)]
+    if ds.get("PerFrameFunctionalGroupsSequence") is None:
+        raise ValueError(f"multi-frame image ({frames} frames) without per-frame functional groups: "
+                         "no per-frame position, so its frames cannot be placed")  # fmt: skip
+    return [(header_record(ds, path, salt, i), pixels[i]) for i in range(frames)]
+
+
+def read_image(path: Path, salt: str = "lumbar-lightning") -> tuple[dict[str, Any], np.ndarray]:
+    """The one image of a single-frame file (see ``read_images`` for multi-frame objects)."""
+    images = read_images(path, salt)
+    if len(images) != 1:
+        raise ValueError(f"{path} holds {len(images)} frames; use read_images")
+    return images[0]
 
 
 @dataclass
@@ -226,12 +355,26 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _stat_key(path: Path) -> tuple[int, int] | None:
+def _stat_key(path: Path) -> tuple[int, int] | str:
+    """(size, mtime) of a regular file, else why it cannot be read."""
     try:
         st = path.stat()
-    except OSError:
-        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop"
+        return f"cannot be read ({exc.strerror or 'broken link or vanished file'})"
+    if not stat_module.S_ISREG(st.st_mode):
+        return "not a regular file (device, pipe or socket)"
     return st.st_size, st.st_mtime_ns
+
+
+def _manifest_key(path: Path) -> str:
+    # Hashed, so the cache holds no file names (exports often name folders after the patient).
+    return hashlib.sha1(str(path).encode()).hexdigest()
+
+
+#: What the cache manifest keeps of a record: no identifier, no path.
+_PRIVATE_FIELDS = ("patient_id", "path")
 
 
 @dataclass
@@ -247,7 +390,8 @@ class DicomIndex:
 def scan_dicom(dicom_dir: Path, cache: ImageCache, salt: str = "lumbar-lightning") -> DicomIndex:
     """Index and cache every image below ``dicom_dir``; reuse cache entries whose source file is unchanged.
 
-    The first copy (in path order) of a SOPInstanceUID wins; later copies are skipped as duplicates.
+    Identical copies of a SOPInstanceUID: the first (in path order) wins. Copies with different pixels: every
+    copy is skipped, since which one a label means cannot be known.
     """
     dicom_dir = Path(dicom_dir)
     if not dicom_dir.is_dir():
@@ -255,53 +399,66 @@ def scan_dicom(dicom_dir: Path, cache: ImageCache, salt: str = "lumbar-lightning
             f"{dicom_dir} is not a folder: a data set needs its images under <dataset>/dicom"
         )
     old = cache.load_manifest()
+    salt_id = hashlib.sha256(f"salt\x00{salt}".encode()).hexdigest()[:16]
     new: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
     skipped: list[SkippedFile] = []
-    seen: dict[str, str] = {}
+    seen: dict[str, tuple[str, str]] = {}  # image key -> (first path, pixel digest)
+    conflicting: dict[str, list[str]] = {}
     decoded = from_cache = 0
     for path in iter_files(dicom_dir):
-        key = str(path.resolve()) if not path.is_symlink() else str(path)
+        key = _manifest_key(path.resolve() if not path.is_symlink() else path)
         stat = _stat_key(path)
-        if stat is None:
-            skipped.append(SkippedFile(str(path), "cannot be read (broken link or vanished file)"))
+        if isinstance(stat, str):
+            skipped.append(SkippedFile(str(path), stat))
             continue
         entry = old.get(key)
         cached_ok = (
             entry is not None
             and (entry.get("file_size"), entry.get("file_mtime_ns")) == stat
-            and ("reason" in entry or cache.has(entry["record"]["sop_instance_uid"]))
+            and entry.get("salt") == salt_id
+            and ("reason" in entry or all(cache.has(r["sop_instance_uid"]) for r in entry["records"]))
         )
         if cached_ok:
             from_cache += 1
             new[key] = entry
+            records = [dict(r, path=str(path)) for r in entry.get("records", [])]
         else:
             decoded += 1
             try:
-                record, pixels = read_image(path, salt)
+                images = read_images(path, salt)
             except ValueError as exc:
-                new[key] = {"file_size": stat[0], "file_mtime_ns": stat[1], "reason": str(exc)}
+                new[key] = {"file_size": stat[0], "file_mtime_ns": stat[1], "salt": salt_id, "reason": str(exc)}
+                records = []
             else:
-                uid = record["sop_instance_uid"]
-                if uid not in seen:
-                    cache.put(uid, normalise(pixels))
-                new[key] = {"file_size": stat[0], "file_mtime_ns": stat[1], "record": record}
-        entry = new[key]
-        if "reason" in entry:
-            skipped.append(SkippedFile(str(path), entry["reason"]))
+                records = []
+                for record, pixels in images:
+                    record["pixel_sha1"] = hashlib.sha1(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+                    if record["sop_instance_uid"] not in seen:
+                        cache.put(record["sop_instance_uid"], normalise(pixels))
+                    records.append(record)
+                stored = [{k: v for k, v in r.items() if k not in _PRIVATE_FIELDS} for r in records]
+                new[key] = {"file_size": stat[0], "file_mtime_ns": stat[1], "salt": salt_id, "records": stored}
+        if "reason" in new[key]:
+            skipped.append(SkippedFile(str(path), new[key]["reason"]))
             continue
-        record = dict(entry["record"], path=str(path))
-        record["patient"] = pseudonymise(
-            record["patient_id"], salt
-        )  # the salt may differ from the cached run's
-        uid = record["sop_instance_uid"]
-        if uid in seen:
-            skipped.append(
-                SkippedFile(str(path), f"duplicate SOPInstanceUID {uid} (first copy: {seen[uid]})")
-            )
-            continue
-        seen[uid] = str(path)
-        rows.append(record)
+        for record in records:
+            uid = record["sop_instance_uid"]
+            if uid in seen:
+                first, digest = seen[uid]
+                if digest == record["pixel_sha1"]:
+                    reason = f"duplicate SOPInstanceUID {uid} (identical copy of {first})"
+                else:
+                    conflicting.setdefault(uid, [first]).append(str(path))
+                    reason = f"duplicate SOPInstanceUID {uid} with different pixels from {first}: all copies skipped"
+                skipped.append(SkippedFile(str(path), reason))
+                continue
+            seen[uid] = (str(path), record["pixel_sha1"])
+            rows.append(record)
+    for uid, paths in conflicting.items():
+        skipped.append(SkippedFile(paths[0], f"SOPInstanceUID {uid} has {len(paths)} copies with different "
+                                              "pixels: all copies skipped"))  # fmt: skip
+    rows = [r for r in rows if r["sop_instance_uid"] not in conflicting]
     cache.save_manifest(new)
     images = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     return DicomIndex(images=images, skipped=skipped, decoded=decoded, from_cache=from_cache)

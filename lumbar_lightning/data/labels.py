@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from lumbar_lightning.data.dicom import image_key
 from lumbar_lightning.data.errors import DataContractError
 
 GRADES = ("A", "B", "C", "D")
@@ -95,14 +96,32 @@ def _parse_float(value: str, column: str) -> float:
     return number
 
 
-def validate_row(row: dict[str, str], image_sizes: dict[str, tuple[int, int]]) -> dict[str, Any]:
+def _unknown(key: str, excluded: dict[str, str] | None, what: str) -> str:
+    if excluded and key in excluded:
+        return f"image not used: {what} is in a series that was excluded ({excluded[key]})"
+    return f"unknown image: {what} is not among the ingested images"
+
+
+def validate_row(
+    row: dict[str, str], image_sizes: dict[str, tuple[int, int]], excluded: dict[str, str] | None = None
+) -> dict[str, Any]:
     """One labels.csv row as typed values; raises ``ValueError`` naming the first rule it breaks."""
     analyzer = (row.get("analyzer") or "").strip()
     if not analyzer:
         raise ValueError("empty analyzer")
     uid = (row.get("sop_instance_uid") or "").strip()
-    if uid not in image_sizes:
-        raise ValueError(f"unknown image: sop_instance_uid {uid!r} is not among the ingested images")
+    frame_text = (row.get("frame") or "").strip()
+    if frame_text:  # a frame of an enhanced multi-frame object (1-based, as DICOM numbers frames)
+        if not frame_text.isdigit() or int(frame_text) < 1:
+            raise ValueError(f"frame {frame_text!r} is not a frame number (1, 2, ...)")
+        key = image_key(uid, int(frame_text))
+        if key not in image_sizes and uid in image_sizes and int(frame_text) == 1:
+            key = uid  # frame 1 of a single-frame image is the image
+        if key not in image_sizes:
+            raise ValueError(_unknown(key, excluded, f"frame {frame_text} of sop_instance_uid {uid!r}"))
+        uid = key
+    elif uid not in image_sizes:
+        raise ValueError(_unknown(uid, excluded, f"sop_instance_uid {uid!r}"))
     box = {c: _parse_float((row.get(c) or "").strip(), c) for c in BOX_COLUMNS}
     if not (box["x_min"] < box["x_max"] and box["y_min"] < box["y_max"]):
         raise ValueError(f"inverted or empty box: need x_min < x_max and y_min < y_max, got {box}")
@@ -128,7 +147,10 @@ def validate_row(row: dict[str, str], image_sizes: dict[str, tuple[int, int]]) -
 
 
 def load_labels(
-    csv_path: Path, image_sizes: dict[str, tuple[int, int]], analyzer: str | None = None
+    csv_path: Path,
+    image_sizes: dict[str, tuple[int, int]],
+    analyzer: str | None = None,
+    excluded: dict[str, str] | None = None,
 ) -> LabelTable:
     """Read and validate ``labels.csv``; ``image_sizes`` maps each ingested SOPInstanceUID to (rows, columns).
 
@@ -164,7 +186,7 @@ def load_labels(
                     )
                     continue
                 try:
-                    row = validate_row(raw, image_sizes)
+                    row = validate_row(raw, image_sizes, excluded)
                 except ValueError as exc:
                     rejected.setdefault(rater, []).append(RejectedRow(start, str(exc)))
                     continue
