@@ -258,7 +258,11 @@ def _check_image_header(ds: pydicom.Dataset) -> int:
     length = len(ds.PixelData) if ds.PixelData is not None else 0
     if length == 0:
         raise ValueError("pixel data is empty (zero length)")
-    if "TransferSyntaxUID" in ds.file_meta and not ds.file_meta.TransferSyntaxUID.is_compressed:
+    try:
+        compressed = ds.file_meta.TransferSyntaxUID.is_compressed if "TransferSyntaxUID" in ds.file_meta else True
+    except ValueError as exc:
+        raise ValueError(f"invalid TransferSyntaxUID {ds.file_meta.TransferSyntaxUID!r} ({exc})") from exc
+    if not compressed:
         bits = int(ds.get("BitsAllocated", 16) or 16)
         expected = rows * cols * frames * max(1, bits // 8)
         if length < expected:
@@ -273,19 +277,31 @@ def read_images(path: Path, salt: str = "lumbar-lightning") -> list[tuple[dict[s
     """Read, validate and decode one DICOM file: one (record, pixels) per image, several for a multi-frame
     object (each frame with its own position and spacing). ``ValueError`` with a readable reason if unusable."""
     ds = _open_dataset(path)
-    frames = _check_image_header(ds)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    # pydicom parses elements lazily, so a corrupt element (an unknown VR, a bad value) raises on first access,
+    # of any type: every access below turns that into a reason.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            frames = _check_image_header(ds)
+        except ValueError:
+            raise
+        except Exception as exc:
+            raise ValueError(f"corrupt DICOM header ({type(exc).__name__}: {exc})") from exc
+        try:
             pixels = decode_pixels(ds)
-    except Exception as exc:
-        raise ValueError(f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from exc
-    if frames == 1:
-        return [(header_record(ds, path, salt), pixels)]
-    if ds.get("PerFrameFunctionalGroupsSequence") is None:
-        raise ValueError(f"multi-frame image ({frames} frames) without per-frame functional groups: "
-                         "no per-frame position, so its frames cannot be placed")  # fmt: skip
-    return [(header_record(ds, path, salt, i), pixels[i]) for i in range(frames)]
+        except Exception as exc:
+            raise ValueError(f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from exc
+        try:
+            if frames == 1:
+                return [(header_record(ds, path, salt), pixels)]
+            if ds.get("PerFrameFunctionalGroupsSequence") is None:
+                raise ValueError(f"multi-frame image ({frames} frames) without per-frame functional groups: "
+                                 "no per-frame position, so its frames cannot be placed")  # fmt: skip
+            return [(header_record(ds, path, salt, i), pixels[i]) for i in range(frames)]
+        except ValueError:
+            raise
+        except Exception as exc:
+            raise ValueError(f"corrupt DICOM header ({type(exc).__name__}: {exc})") from exc
 
 
 def read_image(path: Path, salt: str = "lumbar-lightning") -> tuple[dict[str, Any], np.ndarray]:
