@@ -11,16 +11,20 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from conftest import LABEL_HEADER
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lumbar_lightning.data.dataset import LumbarDataset
 from lumbar_lightning.data.dicom import ImageCache, read_images, scan_dicom
-from lumbar_lightning.data.dicom_writer import SeriesInfo, deterministic_uid, write_enhanced_mr, write_mr_slice
+from lumbar_lightning.data.dicom_writer import (
+    SeriesInfo,
+    deterministic_uid,
+    write_enhanced_mr,
+    write_mr_slice,
+)
 from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.data.labels import load_labels
-
-from conftest import LABEL_HEADER
 
 SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
@@ -87,7 +91,9 @@ def test_the_axial_t2_series_is_chosen_and_every_other_series_says_why(tmp_path:
 
 def test_a_study_with_no_axial_series_is_a_clear_error(tmp_path: Path) -> None:
     uid = deterministic_uid("sop", "sag")
-    write_mr_slice(tmp_path / "dicom" / "a.dcm", _pixels(0), _series("sag", orientation=SAGITTAL), uid, 1, (0, 0, 0))
+    write_mr_slice(
+        tmp_path / "dicom" / "a.dcm", _pixels(0), _series("sag", orientation=SAGITTAL), uid, 1, (0, 0, 0)
+    )
     _write_labels(tmp_path, [["A1", uid, 8, 8, 20, 20, "rootlet", "A", ""]])
     with pytest.raises(DataContractError, match=r"no axial series .*\(sagittal"):
         LumbarDataset.ingest(tmp_path)
@@ -115,7 +121,9 @@ def test_enhanced_multiframe_frames_are_images_addressed_by_frame(tmp_path: Path
 
 # -- hostile files ---------------------------------------------------------------------------------------------
 def _valid(path: Path, seed: int = 0, size: int = 32) -> Path:
-    write_mr_slice(path, _pixels(seed, size), _series("t2"), deterministic_uid("valid", path.name, seed), 1, (0, 0, 0))
+    write_mr_slice(
+        path, _pixels(seed, size), _series("t2"), deterministic_uid("valid", path.name, seed), 1, (0, 0, 0)
+    )
     return path
 
 
@@ -216,7 +224,9 @@ def valid_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 @settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_mutated_dicom_is_read_or_rejected_never_crashes(valid_bytes: bytes, tmp_path: Path, data: st.DataObject) -> None:
+def test_mutated_dicom_is_read_or_rejected_never_crashes(
+    valid_bytes: bytes, tmp_path: Path, data: st.DataObject
+) -> None:
     raw = bytearray(valid_bytes)
     for _ in range(data.draw(st.integers(1, 8))):
         op = data.draw(st.sampled_from(["flip", "cut", "insert", "length"]))
@@ -244,7 +254,9 @@ def test_mutated_dicom_is_read_or_rejected_never_crashes(valid_bytes: bytes, tmp
 
 LABEL_FIELD = st.one_of(
     st.text(max_size=12),
-    st.sampled_from(["A1", "A2", "rootlet", "cord", "A", "B", "C", "D", "", "nan", "inf", "-1", "1e309", "0x10"]),
+    st.sampled_from(
+        ["A1", "A2", "rootlet", "cord", "A", "B", "C", "D", "", "nan", "inf", "-1", "1e309", "0x10"]
+    ),
     st.integers(-10, 100).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(str),
 )
@@ -267,7 +279,9 @@ def test_mutated_label_rows_are_accepted_or_rejected_with_a_line(tmp_path: Path,
     except DataContractError as exc:
         assert str(path) in str(exc)
     else:
-        written = sum(1 for r in rows if r)  # the csv module writes an empty row as a blank line, which is skipped
+        written = sum(
+            1 for r in rows if r
+        )  # the csv module writes an empty row as a blank line, which is skipped
         assert len(table.rows) + sum(len(v) for v in table.rejected.values()) == written
         assert all(r.line >= 2 and r.reason for v in table.rejected.values() for r in v)
         assert ((table.rows["x_min"] < table.rows["x_max"]) & (table.rows["x_max"] <= 64)).all()

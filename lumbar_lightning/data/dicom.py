@@ -145,7 +145,9 @@ def _item_at(seq: Any, index: int) -> Any:
         return None
 
 
-def header_record(ds: pydicom.Dataset, path: Path, salt: str, frame_index: int | None = None) -> dict[str, Any]:
+def header_record(
+    ds: pydicom.Dataset, path: Path, salt: str, frame_index: int | None = None
+) -> dict[str, Any]:
     """The index row of one image (a single-frame file, or frame ``frame_index`` of a multi-frame one): geometry,
     sequence and identity tags, with NaN where a tag is absent. Slices are ordered by ``slice_position``, the
     position along the slice normal, never by InstanceNumber or file name."""
@@ -185,7 +187,9 @@ def header_record(ds: pydicom.Dataset, path: Path, salt: str, frame_index: int |
         "columns": int(ds.Columns),
         "modality": str(ds.get("Modality", "")),
         "series_description": str(ds.get("SeriesDescription", "")),
-        "image_type": "\\".join(str(v) for v in image_type) if not isinstance(image_type, str) else image_type,
+        "image_type": "\\".join(str(v) for v in image_type)
+        if not isinstance(image_type, str)
+        else image_type,
         "echo_time": _float(echo),
         "repetition_time": _float(ds.get("RepetitionTime")),
         "transfer_syntax": str(ds.file_meta.TransferSyntaxUID) if "TransferSyntaxUID" in ds.file_meta else "",
@@ -201,7 +205,9 @@ def decode_pixels(ds: pydicom.Dataset) -> np.ndarray:
     arr = ds.pixel_array
     frames = int(_float(ds.get("NumberOfFrames"), 1))
     if arr.ndim != (3 if frames > 1 else 2):
-        raise ValueError(f"expected {frames} frame(s) of one sample per pixel, got an array of shape {arr.shape}")
+        raise ValueError(
+            f"expected {frames} frame(s) of one sample per pixel, got an array of shape {arr.shape}"
+        )
     arr = pydicom.pixels.apply_rescale(arr, ds).astype(np.float32, copy=False)
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         arr = arr.max() + arr.min() - arr
@@ -252,14 +258,18 @@ def _check_image_header(ds: pydicom.Dataset) -> int:
     if not 1 <= frames <= MAX_FRAMES:
         raise ValueError(f"NumberOfFrames={frames} is outside 1..{MAX_FRAMES}")
     if rows * cols * frames > MAX_FILE_PIXELS:
-        raise ValueError(f"{frames} frame(s) of {rows}x{cols} exceed the limit of {MAX_FILE_PIXELS} pixels a file")
+        raise ValueError(
+            f"{frames} frame(s) of {rows}x{cols} exceed the limit of {MAX_FILE_PIXELS} pixels a file"
+        )
     if samples != 1:
         raise ValueError(f"SamplesPerPixel={samples}: MR images have one sample per pixel")
     length = len(ds.PixelData) if ds.PixelData is not None else 0
     if length == 0:
         raise ValueError("pixel data is empty (zero length)")
     try:
-        compressed = ds.file_meta.TransferSyntaxUID.is_compressed if "TransferSyntaxUID" in ds.file_meta else True
+        compressed = (
+            ds.file_meta.TransferSyntaxUID.is_compressed if "TransferSyntaxUID" in ds.file_meta else True
+        )
     except ValueError as exc:
         raise ValueError(f"invalid TransferSyntaxUID {ds.file_meta.TransferSyntaxUID!r} ({exc})") from exc
     if not compressed:
@@ -444,7 +454,12 @@ def scan_dicom(dicom_dir: Path, cache: ImageCache, salt: str = "lumbar-lightning
             try:
                 images = read_images(path, salt)
             except ValueError as exc:
-                new[key] = {"file_size": stat[0], "file_mtime_ns": stat[1], "salt": salt_id, "reason": str(exc)}
+                new[key] = {
+                    "file_size": stat[0],
+                    "file_mtime_ns": stat[1],
+                    "salt": salt_id,
+                    "reason": str(exc),
+                }
                 records = []
             else:
                 records = []
@@ -454,7 +469,12 @@ def scan_dicom(dicom_dir: Path, cache: ImageCache, salt: str = "lumbar-lightning
                         cache.put(record["sop_instance_uid"], normalise(pixels))
                     records.append(record)
                 stored = [{k: v for k, v in r.items() if k not in _PRIVATE_FIELDS} for r in records]
-                new[key] = {"file_size": stat[0], "file_mtime_ns": stat[1], "salt": salt_id, "records": stored}
+                new[key] = {
+                    "file_size": stat[0],
+                    "file_mtime_ns": stat[1],
+                    "salt": salt_id,
+                    "records": stored,
+                }
         if "reason" in new[key]:
             skipped.append(SkippedFile(str(path), new[key]["reason"]))
             continue

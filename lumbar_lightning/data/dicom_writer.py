@@ -50,7 +50,9 @@ class SeriesInfo:
     repetition_time: float = 4000.0
 
 
-def _dataset(path: Path, series: SeriesInfo, sop_uid: str, sop_class: str, instance_number: int) -> FileDataset:
+def _dataset(
+    path: Path, series: SeriesInfo, sop_uid: str, sop_class: str, instance_number: int
+) -> FileDataset:
     """The patient, study, series and acquisition tags every image of ``series`` carries."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class

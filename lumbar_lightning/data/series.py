@@ -79,7 +79,9 @@ def select_series(
             if "LOCALIZER" in types or _LOCALIZER.search(description):
                 decision.reason = "localizer"
             elif orientation not in ("axial", "unknown"):
-                decision.reason = f"{orientation}, {angle:.0f} degrees from axial (tolerance {tolerance_deg:.0f})"
+                decision.reason = (
+                    f"{orientation}, {angle:.0f} degrees from axial (tolerance {tolerance_deg:.0f})"
+                )
             else:
                 echo = float(series["echo_time"].median())
                 candidates.append(((_t2_score(description, echo), len(series)), decision))
@@ -88,7 +90,9 @@ def select_series(
         candidates.sort(key=lambda c: c[0], reverse=True)
         best = candidates[0][1]
         best.chosen = True
-        best.reason = "axial T2" if best.orientation == "axial" else "only candidate (orientation tags missing)"
+        best.reason = (
+            "axial T2" if best.orientation == "axial" else "only candidate (orientation tags missing)"
+        )
         chosen.append(best.series_instance_uid)
         for _, other in candidates[1:]:
             other.reason = (
@@ -96,6 +100,8 @@ def select_series(
                 "more T2-like or more slices)"
             )
     kept = images[images["series_instance_uid"].isin(chosen)].copy()
-    order = kept["slice_position"].where(kept["slice_position"].notna(), kept["instance_number"].astype(float))
+    order = kept["slice_position"].where(
+        kept["slice_position"].notna(), kept["instance_number"].astype(float)
+    )
     kept = kept.assign(_order=order).sort_values(["patient", "series_instance_uid", "_order", "frame"])
     return kept.drop(columns="_order").reset_index(drop=True), decisions
