@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import time
@@ -208,6 +209,7 @@ def run_fold(
     rootlet: RootletClassifier = modules["rootlet"]  # type: ignore[assignment]
     grader: GradeClassifier = modules["grade"]  # type: ignore[assignment]
     geometry = {stage: stage_geometry(cfg, stage) for stage in ("rootlet", "grade")}
+    write_pipeline_spec(out_dir, cfg, modules, geometry)
 
     metrics: dict[str, Any] = {"fold": fold, "rater": rater}
     det_dm = SliceDataModule(
@@ -239,6 +241,21 @@ def run_fold(
     log_pipeline_run(cfg, f"{rater}-pipeline-fold{fold}", tracking_dir, metrics, predictions)
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, default=float))
     return metrics
+
+
+def write_pipeline_spec(out_dir: Path, cfg: DictConfig, modules: dict[str, StageModule],
+                        geometry: dict[str, PatchGeometry]) -> None:  # fmt: skip
+    """What ``lumbar-predict`` needs besides the checkpoints, as plain data (nothing in it is ever executed):
+    each stage's class and hyperparameters, the patch geometry, and the whole run config as plain YAML."""
+    spec = {
+        "stages": {s: {"class": type(m).__name__, "hparams": dict(m.hparams)} for s, m in modules.items()},
+        "geometry": {s: dataclasses.asdict(g) for s, g in geometry.items()},
+        "batch_size": int(cfg.data.eval_batch_size),
+        "rater": str(cfg.data.rater),
+        "fold": int(cfg.data.fold),
+    }
+    atomic_write_text(out_dir / "pipeline.json", json.dumps(spec, indent=2, default=str))
+    atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def flat_scalars(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:

@@ -73,3 +73,31 @@ def tiny_phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny_phantom")
     PhantomCohort.generate(PhantomConfig(**TINY_PHANTOM), root, workers=2)
     return root
+
+
+#: Overrides for a CV/training run that takes seconds on the tiny phantom (shape checks, not accuracy).
+TINY_CV = [
+    "data.num_folds=4", "data.patch.size=24", "model.detector.module.image_size=96",
+    "model.rootlet.module.width=0.125", "model.grade.module.width=0.125",
+    "model.detector.trainer.max_epochs=1", "+model.detector.trainer.limit_train_batches=2",
+    "model.rootlet.trainer.max_epochs=1", "model.grade.trainer.max_epochs=1",
+    "model.rootlet.samples_per_epoch=64", "model.grade.samples_per_epoch=64",
+    "trainer.enable_progress_bar=false", "experiment_name=tinycv",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One trained fold (rater A1, fold 0) on the tiny phantom, as `lumbar-train` lays it out."""
+    from hydra import compose, initialize_config_dir
+
+    from lumbar_lightning.cli import CONF_DIR
+    from lumbar_lightning.runner import run_fold
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            config_name="train", overrides=[f"data.data_dir={tiny_phantom}", "logger=none", *TINY_CV]
+        )
+    run_fold(cfg, 0, "A1", root / "A1" / "fold_0")
+    return root

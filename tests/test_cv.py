@@ -7,21 +7,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import TINY_CV
 from hydra import compose, initialize_config_dir
 from wandb_offline import offline_runs
 
 from lumbar_lightning.cli import CONF_DIR
 from lumbar_lightning.cv import cross_validate
 from lumbar_lightning.evaluation.study import load_cv_predictions, task_set
-
-TINY_CV = [
-    "data.num_folds=4", "data.patch.size=24", "model.detector.module.image_size=96",
-    "model.rootlet.module.width=0.125", "model.grade.module.width=0.125",
-    "model.detector.trainer.max_epochs=1", "+model.detector.trainer.limit_train_batches=2",
-    "model.rootlet.trainer.max_epochs=1", "model.grade.trainer.max_epochs=1",
-    "model.rootlet.samples_per_epoch=64", "model.grade.samples_per_epoch=64",
-    "trainer.enable_progress_bar=false", "experiment_name=tinycv",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

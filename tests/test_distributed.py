@@ -71,7 +71,7 @@ def test_ddp_sim_matches_single_process(tiny_phantom: Path, tmp_path: Path) -> N
 def test_lumbar_train_with_ddp_sim_writes_one_fold(tiny_phantom: Path, tmp_path: Path) -> None:
     """The whole fold under 2 processes: one output folder, one W&B run per stage (not per rank), detection mAP
     computed over both ranks."""
-    from test_cv import TINY_CV
+    from conftest import TINY_CV
     from wandb_offline import offline_runs
 
     cmd = [sys.executable, "-m", "lumbar_lightning.train", f"data.data_dir={tiny_phantom}", "trainer=ddp_sim",
