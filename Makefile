@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full demo lint format bench clean
+.PHONY: help install test test-full demo reproduce lint format bench clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -29,6 +29,11 @@ test-full: install ## Run every test, slow ones included
 
 demo: install ## The demo: phantom (made on first use), 10-fold CV for both raters, report.md, offline W&B
 	$(BIN)/lumbar-cv experiment=demo
+
+FOLD ?= 0
+RATER ?= A1
+reproduce: install ## Re-run demo fold FOLD (rater RATER) and diff its metrics.json with experiments/demo/reference
+	$(BIN)/python -m lumbar_lightning.reproduce experiment=demo data.fold=$(FOLD) data.rater=$(RATER) logger=csv
 
 lint: install ## ruff check + format check
 	$(BIN)/ruff check .

@@ -9,6 +9,7 @@ import csv
 import dataclasses
 import json
 import logging
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,13 @@ from lumbar_lightning.data.dicom import atomic_write_text
 from lumbar_lightning.data.labels import GRADES
 from lumbar_lightning.data.transforms import PatchGeometry
 from lumbar_lightning.evaluation.agreement import agreement
-from lumbar_lightning.models.stages import CanalDetector, GradeClassifier, RootletClassifier, StageModule
+from lumbar_lightning.models.stages import (
+    CanalDetector,
+    GradeClassifier,
+    PatchClassifier,
+    RootletClassifier,
+    StageModule,
+)
 from lumbar_lightning.pipeline import Pipeline, load_stage_weights
 from lumbar_lightning.tracking import confusion_plot, finish_active_run, run_config, wandb_run, wandb_settings
 
@@ -62,6 +69,25 @@ def _data_kwargs(cfg: DictConfig, fold: int, rater: str, stage_cfg: DictConfig) 
     }
 
 
+class RngState(L.Callback):
+    """Saves the global RNG states (torch, numpy, python) in every checkpoint and restores them on resume, so a
+    stage resumed from ``last.ckpt`` draws what an uninterrupted run draws (Faster R-CNN samples its proposals
+    from torch's global RNG). Stored as tensors and plain lists: loadable with ``weights_only=True``."""
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        version, state, gauss = random.getstate()
+        return {"torch": torch.get_rng_state(), "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+                "python": [version, list(state), gauss]}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+        version, values, gauss = state["python"]
+        random.setstate((version, tuple(values), gauss))
+
+
 def _trainer(
     cfg: DictConfig,
     stage: str,
@@ -77,15 +103,14 @@ def _trainer(
     Test: one process on the same accelerator, so test metrics are computed once, in this process, on every
     test image (a distributed sampler would pad the test set with repeats).
     """
+    ckpt_dir = out_dir / "checkpoints" / stage
     callbacks = [
         L.pytorch.callbacks.ModelCheckpoint(
-            dirpath=out_dir / "checkpoints" / stage,
-            filename="best",
-            monitor=monitor,
-            mode="max",
-            save_last=True,
-            enable_version_counter=False,
-        )
+            dirpath=ckpt_dir, filename="best", monitor=monitor, mode="max", enable_version_counter=False
+        ),
+        # Every epoch, improved or not (``save_last`` only copies when the best improves): what a resume needs.
+        L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False),
+        RngState(),
     ]
     for cb_cfg in (cfg.get("callbacks") or {}).values():
         if cb_cfg is not None and "_target_" in cb_cfg:
@@ -114,22 +139,44 @@ def _trainer(
 
 def _fit_stage(cfg: DictConfig, stage: str, module: StageModule, datamodule: L.LightningDataModule,
                out_dir: Path, run_name: str, tracking_dir: Path) -> dict[str, Any]:  # fmt: skip
-    """Fit, reload the best checkpoint (weights only), test it on the rater's own boxes."""
+    """Fit, reload the best checkpoint (weights only), test it on the rater's own boxes.
+
+    Resumable: a stage that finished before (``done.json``) is reloaded, not retrained; one that was cut off
+    continues from its ``last.ckpt`` (model, optimiser, scheduler, RNG and epoch) to the same result.
+    """
+    ckpt_dir = out_dir / "checkpoints" / stage
+    if (ckpt_dir / "done.json").exists() and (ckpt_dir / "best.ckpt").exists():
+        load_stage_weights(module, ckpt_dir / "best.ckpt")
+        log.info(f"{run_name}: finished in an earlier run, reloaded")
+        return json.loads((ckpt_dir / "done.json").read_text())
+    resume = ckpt_dir / "last.ckpt" if (ckpt_dir / "last.ckpt").exists() else None
+    if resume is not None:
+        try:
+            torch.load(resume, map_location="cpu", weights_only=True)
+        except Exception as exc:  # cut off while being written: start the stage again
+            log.warning(f"{run_name}: {resume} is unreadable ({type(exc).__name__}); the stage starts again")
+            resume = None
+        else:
+            log.info(f"{run_name}: resuming from {resume}")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     stage_cfg = cfg.model[stage]
     trainer, tester = _trainer(cfg, stage, stage_cfg, out_dir, module.monitor, run_name, tracking_dir)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     fit_seconds = time.perf_counter() - start
     # Under ddp_spawn the fit ran in other processes: what it leaves behind is read from the trainer's returned
     # callback metrics and the checkpoints, never from the module's in-process state.
     best_val = trainer.callback_metrics.get(f"{module.monitor}_best")
-    ckpt_dir = out_dir / "checkpoints" / stage
     if (ckpt_dir / "best.ckpt").exists():
         load_stage_weights(module, ckpt_dir / "best.ckpt")
     _reload_csv_columns(tester)
+    best_val_metrics: dict[str, float] = {}
+    if isinstance(module, PatchClassifier):  # validation F1 at the chosen checkpoint: what sweeps optimise
+        tester.validate(module, datamodule=datamodule, verbose=False)
+        best_val_metrics = {k: v for k, v in module.last_metrics.get("val", {}).items() if k != "val/confmat"}
     tester.test(module, datamodule=datamodule, verbose=False)
     metrics = dict(module.last_metrics.get("test", {}))
+    metrics.update(best_val_metrics)
     metrics["best_val"] = float(best_val) if best_val is not None else float("nan")
     metrics["epochs"] = _checkpoint_epochs(ckpt_dir / "last.ckpt")
     metrics["fit_seconds"] = round(fit_seconds, 2)
@@ -138,6 +185,8 @@ def _fit_stage(cfg: DictConfig, stage: str, module: StageModule, datamodule: L.L
             tester, metrics["test/confmat"], list(module.class_names), f"{run_name} test (rater boxes)"
         )
     finish_active_run()
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(ckpt_dir / "done.json", json.dumps(metrics, default=float))
     return metrics
 
 
@@ -176,7 +225,7 @@ def stage_geometry(cfg: DictConfig, stage: str) -> PatchGeometry:
     values = OmegaConf.to_container(cfg.data.patch, resolve=True)
     own = cfg.model[stage].get("patch")
     if own is not None:
-        values.update(OmegaConf.to_container(own, resolve=True))
+        values.update({k: v for k, v in OmegaConf.to_container(own, resolve=True).items() if v is not None})
     return PatchGeometry(**values)
 
 

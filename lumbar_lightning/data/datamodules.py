@@ -6,6 +6,7 @@ Both read normalised images from the ingestion cache, never DICOM, and take thei
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from lumbar_lightning.data.dataset import LumbarDataset
 from lumbar_lightning.data.errors import DataContractError
@@ -55,19 +56,70 @@ def fold_rows(
     return {name: labels[labels["patient"].isin(split[name])].reset_index(drop=True) for name in SPLITS}
 
 
+class EpochSampler(torch.utils.data.Sampler):
+    """Training order drawn from (seed, epoch) alone, yielding ``(index, epoch)`` so each item's augmentation is
+    seeded by (seed, epoch, index) too. A run resumed at epoch k therefore sees exactly the samples and
+    augmentations an uninterrupted run sees at epoch k, whatever the worker count.
+
+    ``weights`` given: ``num_samples`` draws with replacement (class-balanced sampling); else a permutation.
+    Lightning calls ``set_epoch``; when nothing does (a distributed wrapper), each pass counts as the next epoch.
+    """
+
+    def __init__(
+        self, size: int, seed: int, weights: np.ndarray | None = None, num_samples: int | None = None
+    ) -> None:
+        self.size, self.seed, self.weights = size, seed, weights
+        self.num_samples = num_samples or size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        generator = torch.Generator().manual_seed(
+            int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
+        )
+        if self.weights is None:
+            order = torch.randperm(self.size, generator=generator)
+        else:
+            weights = torch.as_tensor(self.weights, dtype=torch.double)
+            order = torch.multinomial(weights, self.num_samples, replacement=True, generator=generator)
+        yield from ((int(i), epoch) for i in order)
+
+
+def item_seed(seed: int, key: int | tuple[int, int]) -> tuple[int, int | None]:
+    """(index, augmentation seed) of a dataset key: a plain index (evaluation) has no augmentation seed."""
+    if isinstance(key, tuple):
+        index, epoch = key
+        return index, int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+    return int(key), None
+
+
+def _augment(augment: Any, seed: int | None, **data: Any) -> dict[str, Any]:
+    if seed is not None:
+        augment.set_random_seed(seed)
+    return augment(**data)
+
+
 class DetectionSlices(Dataset):
     """Slices resized to the detector's input with the rater's canal box scaled alike."""
 
-    def __init__(self, images: np.ndarray, boxes: np.ndarray, uids: list[str], augment: Any = None) -> None:
-        self.images, self.boxes, self.uids, self.augment = images, boxes, uids, augment
+    def __init__(self, images: np.ndarray, boxes: np.ndarray, uids: list[str], augment: Any = None,
+                 seed: int = 0) -> None:  # fmt: skip
+        self.images, self.boxes, self.uids, self.augment, self.seed = images, boxes, uids, augment, seed
 
     def __len__(self) -> int:
         return len(self.uids)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        i, aug_seed = item_seed(self.seed, key)
         image, box = self.images[i].astype(np.float32), self.boxes[i : i + 1]
         if self.augment is not None:
-            out = self.augment(image=image, bboxes=box, labels=[1])
+            out = _augment(self.augment, aug_seed, image=image, bboxes=box, labels=[1])
             if len(out["bboxes"]):  # a box pushed out of view keeps the un-augmented sample
                 image, box = out["image"], np.asarray(out["bboxes"], dtype=np.float32)
         return {
@@ -86,22 +138,18 @@ class CanalPatches(Dataset):
     """Canal patches cut around the rater's boxes, with the target of one task."""
 
     def __init__(self, patches: np.ndarray, targets: np.ndarray, uids: list[str], geometry: PatchGeometry,
-                 augment: Any = None) -> None:  # fmt: skip
-        self.patches, self.targets, self.uids, self.geometry, self.augment = (
-            patches,
-            targets,
-            uids,
-            geometry,
-            augment,
-        )
+                 augment: Any = None, seed: int = 0) -> None:  # fmt: skip
+        self.patches, self.targets, self.uids, self.geometry = patches, targets, uids, geometry
+        self.augment, self.seed = augment, seed
 
     def __len__(self) -> int:
         return len(self.uids)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        i, aug_seed = item_seed(self.seed, key)
         patch = self.patches[i]
         if self.augment is not None:
-            patch = self.augment(image=patch)["image"]
+            patch = _augment(self.augment, aug_seed, image=patch)["image"]
         patch = self.geometry.center_crop(patch)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(patch, dtype=np.float32))[None],
@@ -170,8 +218,13 @@ class LumbarDataModule(L.LightningDataModule):
     def build(self, rows: pd.DataFrame, augment: Any) -> Dataset:
         raise NotImplementedError
 
+    @property
+    def sampler_seed(self) -> int:
+        return self.seed + 1000 * self.fold
+
     def sampler(self, split: str) -> torch.utils.data.Sampler | None:
-        return None
+        """Training order: a seeded permutation per epoch (subclasses may weight it)."""
+        return EpochSampler(len(self.sets[split]), self.sampler_seed)
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         return torch.utils.data.default_collate(items)
@@ -179,7 +232,6 @@ class LumbarDataModule(L.LightningDataModule):
     def _dataloader_factory(self, split: str) -> DataLoader:
         train = split == "train"
         sampler = self.sampler(split) if train else None
-        generator = torch.Generator().manual_seed(self.seed + self.fold)
         # ``batch_size`` is the global batch: with N processes each loads 1/N of it, so a step sees as many
         # images, and the learning rate means the same, with 1 or N processes.
         world = self.trainer.world_size if self.trainer is not None else 1
@@ -187,12 +239,10 @@ class LumbarDataModule(L.LightningDataModule):
         return DataLoader(
             self.sets[split],
             batch_size=batch_size,
-            shuffle=train and sampler is None,
             sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=self.collate,
             drop_last=False,
-            generator=generator if train and sampler is None else None,
             persistent_workers=self.num_workers > 0,
         )
 
@@ -230,7 +280,9 @@ class SliceDataModule(LumbarDataModule):
             scale_boxes(np.array([r.x_min, r.y_min, r.x_max, r.y_max]), (r.rows, r.columns), (self.image_size,) * 2)
             for r in rows.itertuples()
         ])  # fmt: skip
-        return DetectionSlices(images, boxes, rows["sop_instance_uid"].tolist(), augment)
+        return DetectionSlices(
+            images, boxes, rows["sop_instance_uid"].tolist(), augment, seed=self.sampler_seed
+        )
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         return collate_detection(items)
@@ -276,7 +328,12 @@ class PatchDataModule(LumbarDataModule):
             for r in rows.itertuples()
         ])  # fmt: skip
         return CanalPatches(
-            patches, self.targets(rows), rows["sop_instance_uid"].tolist(), self.geometry, augment
+            patches,
+            self.targets(rows),
+            rows["sop_instance_uid"].tolist(),
+            self.geometry,
+            augment,
+            self.sampler_seed,
         )
 
     def class_counts(self, split: str = "train") -> np.ndarray:
@@ -284,15 +341,11 @@ class PatchDataModule(LumbarDataModule):
 
     def sampler(self, split: str) -> torch.utils.data.Sampler | None:
         targets = self.targets(self.rows[split])
-        n = self.samples_per_epoch or len(targets)
         if not self.balanced:
             if self.samples_per_epoch is None:
-                return None
+                return super().sampler(split)
             weights = np.ones(len(targets))
         else:
             counts = np.bincount(targets, minlength=self.num_classes).astype(float)
             weights = 1.0 / counts[targets]
-        generator = torch.Generator().manual_seed(self.seed + self.fold)
-        return WeightedRandomSampler(
-            torch.as_tensor(weights, dtype=torch.double), n, replacement=True, generator=generator
-        )
+        return EpochSampler(len(targets), self.sampler_seed, weights, self.samples_per_epoch or len(targets))

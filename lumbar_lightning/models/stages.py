@@ -47,6 +47,7 @@ class StageModule(L.LightningModule):
         self.optimizer_factory = optimizer or default_optimizer
         self.scheduler_factory = scheduler if scheduler is not None else default_scheduler
         self.val_best = MaxMetric()
+        self.val_best.persistent(True)  # in checkpoints, so a resumed fit keeps its best so far
         self.train_loss = MeanMetric()
 
     def configure_optimizers(self) -> Any:
