@@ -1,34 +1,53 @@
-"""``make bench``: data-path speed as ratios measured in one run (absolute times alone prove little here).
+"""``make bench``: speed against this machine's limit and against what a user would otherwise write.
 
-Measured now: phantom generation (slices/s), ingestion first pass and cached pass (images/s), and a training
-patch read from the cache against a naive dataset that calls ``pydicom.dcmread`` per item. The compute-efficiency,
-framework-overhead and inference sections of the benchmark plan are not written yet.
+Every figure is the median of several repeats after a warm-up; every comparison is measured A/B/A/B in this
+process, so drift hits both sides alike. Machines are noisy: read the ratios, not the absolute times.
+
+Sections: (1) compute efficiency: training images/s per stage at the demo and paper presets, achieved FLOP/s
+(``torch.utils.flop_counter``) over a 2048x2048 fp32 GEMM timed here; (2) framework overhead: ``Trainer.fit`` vs
+a plain PyTorch loop, same model, data and steps; (3) data path: the demo training DataLoader vs the model's
+consumption, and the cache vs a naive ``pydicom.dcmread`` per item; (4) inference: ``Pipeline`` latency per
+40-slice study, peak RSS; (5) phantom generation and ingestion; (6) GPU: fp32 vs bf16 autocast, channels_last,
+only when CUDA is present.
+
+``python -m lumbar_lightning.bench [--small]`` prints the table and writes ``bench.json``.
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import pydicom
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from lumbar_lightning.data.dataset import LumbarDataset
 from lumbar_lightning.data.dicom import decode_pixels, normalise
 from lumbar_lightning.data.phantom.cohort import PhantomCohort, PhantomConfig
 from lumbar_lightning.data.transforms import PatchGeometry
+from lumbar_lightning.models.stages import CanalDetector, PatchClassifier, StageModule
 
-
-def median_time(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    return statistics.median(_timed(fn) for _ in range(repeats))
+STAGES = ("detector", "rootlet", "grade")
+#: Targets from the benchmark issue, checked in the printed table.
+TARGETS = {
+    "paper/rootlet/efficiency": (">=", 0.5),
+    "paper/grade/efficiency": (">=", 0.5),
+    "overhead/fit_over_plain": ("<=", 1.05),
+    "data/loader_over_model": (">=", 3.0),
+    "data/cached_over_naive": (">=", 10.0),
+    "inference/demo/seconds_per_study": ("<=", 2.0),
+}
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -37,49 +56,281 @@ def _timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def run(n_patients: int = 10, image_size: int = 320, items: int = 300) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "ph"
-        cohort = PhantomCohort.generate(PhantomConfig(n_patients=n_patients, image_size=image_size), root)
-        out: dict[str, Any] = {"phantom_slices_per_s": cohort.n_images / cohort.seconds}
-        first = _timed(lambda: LumbarDataset.ingest(root, Path(tmp) / "cache"))
-        cached = median_time(lambda: LumbarDataset.ingest(root, Path(tmp) / "cache"))
-        n = cohort.n_images
-        out.update({"ingest_first_pass_images_per_s": n / first, "ingest_cached_images_per_s": n / cached})
-        ds = LumbarDataset.ingest(root, Path(tmp) / "cache")
-        rows = ds.labels.for_rater("A1").iloc[:items]
-        geometry = PatchGeometry(32)
-        paths = ds.images.set_index("sop_instance_uid")["path"]
+def median_time(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    return statistics.median(_timed(fn) for _ in range(repeats))
 
-        def cached_items() -> None:
-            for r in rows.itertuples():
-                geometry.crop(
-                    ds.cache.get(r.sop_instance_uid), np.array([r.x_min, r.y_min, r.x_max, r.y_max])
-                )
 
-        def naive_items() -> None:
-            for r in rows.itertuples():
-                image = normalise(decode_pixels(pydicom.dcmread(paths[r.sop_instance_uid])))
-                geometry.crop(image, np.array([r.x_min, r.y_min, r.x_max, r.y_max]))
+def ab_medians(a: Callable[[], Any], b: Callable[[], Any], rounds: int = 3) -> tuple[float, float]:
+    """Median times of ``a`` and ``b`` measured alternately (A/B/A/B...) after one warm-up of each."""
+    a(), b()
+    ta, tb = [], []
+    for _ in range(rounds):
+        ta.append(_timed(a))
+        tb.append(_timed(b))
+    return statistics.median(ta), statistics.median(tb)
 
-        # A/B/A/B in one process: alternate the two so drift hits both alike.
-        t_cached, t_naive = [], []
-        for _ in range(3):
-            t_cached.append(_timed(cached_items))
-            t_naive.append(_timed(naive_items))
-        out["patch_items_per_s_cached"] = len(rows) / statistics.median(t_cached)
-        out["patch_items_per_s_naive_dcmread"] = len(rows) / statistics.median(t_naive)
-        out["cached_over_naive"] = out["patch_items_per_s_cached"] / out["patch_items_per_s_naive_dcmread"]
-        out["images"] = n
+
+# -- presets -----------------------------------------------------------------------------------------------
+def preset(experiment: str) -> Any:
+    """The composed config of an experiment (its real model, patch and batch settings)."""
+    from hydra import compose, initialize_config_dir
+
+    from lumbar_lightning.cli import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=[f"experiment={experiment}", "logger=none"])
+
+
+def stage_inputs(cfg: Any, stage: str, module: StageModule, batch: int | None = None) -> dict[str, Any]:
+    """A synthetic training batch of the stage's real input shape (speed does not depend on pixel values)."""
+    from lumbar_lightning.runner import stage_geometry
+
+    n = batch or int(cfg.model[stage].batch_size)
+    gen = torch.Generator().manual_seed(0)
+    if isinstance(module, CanalDetector):
+        s = module.image_size
+        boxes = torch.tensor([[0.4 * s, 0.55 * s, 0.6 * s, 0.7 * s]])
+        return {"image": [torch.rand(1, s, s, generator=gen) for _ in range(n)], "boxes": [boxes.clone() for _ in range(n)]}
+    size = stage_geometry(cfg, stage).size
+    classes = 2 if stage == "rootlet" else 4
+    return {"image": torch.rand(n, 1, size, size, generator=gen), "target": torch.randint(0, classes, (n,), generator=gen)}
+
+
+def _train_step(module: StageModule, optimizer: torch.optim.Optimizer, batch: dict[str, Any]) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    optimizer.step()
+
+
+def train_step_flops(module: StageModule, batch: dict[str, Any]) -> int:
+    """FLOPs of one forward + backward (matmuls and convolutions, as torch's counter sees them)."""
+    with FlopCounterMode(display=False) as counter:
+        module.training_step(batch, 0).backward()
+    module.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def gemm_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    seconds = median_time(lambda: torch.mm(a, b), repeats=repeats, warmup=2)
+    return 2.0 * n**3 / seconds
+
+
+def compute_section(presets: dict[str, Any], peak: float, steps: int, small: bool) -> dict[str, float]:
+    from lumbar_lightning.runner import build_modules
+
+    out: dict[str, float] = {}
+    for name, cfg in presets.items():
+        modules = build_modules(cfg)
+        for stage in STAGES:
+            module = modules[stage].train()
+            batch_size = 2 if small else None
+            if name == "paper" and stage == "detector" and not small:
+                batch_size = 2  # ResNet50-FPN at 320 px: a GPU workload; two images keep the CPU run short
+            batch = stage_inputs(cfg, stage, module, batch_size)
+            n = len(batch["image"])
+            optimizer = torch.optim.Adam(module.parameters(), lr=1e-5)
+            flops = train_step_flops(module, batch)
+            reps = 1 if (name == "paper" and stage == "detector") else steps
+            seconds = median_time(lambda m=module, o=optimizer, b=batch, r=reps: [_train_step(m, o, b) for _ in range(r)],
+                                  repeats=2 if small else 3)  # fmt: skip
+            rate = n * reps / seconds
+            out[f"{name}/{stage}/train_images_per_s"] = rate
+            out[f"{name}/{stage}/gflop_per_image"] = flops / n / 1e9
+            out[f"{name}/{stage}/efficiency"] = flops * reps / seconds / peak
     return out
 
 
-def main() -> None:
-    small = "--small" in sys.argv
-    result = run(n_patients=2 if small else 10, image_size=128 if small else 320, items=40 if small else 300)
+# -- framework overhead --------------------------------------------------------------------------------------
+class _Batches(torch.utils.data.Dataset):
+    def __init__(self, batch: dict[str, Any]) -> None:
+        self.images, self.targets = batch["image"], batch["target"]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"image": self.images[i], "target": self.targets[i]}
+
+
+def overhead_section(cfg: Any, steps: int) -> dict[str, float]:
+    """The demo grader through ``Trainer.fit`` vs the plain loop a user would write, on the same data and steps."""
+    from lumbar_lightning.runner import build_modules
+
+    batch_size = int(cfg.model.grade.batch_size)
+    data = stage_inputs(cfg, "grade", build_modules(cfg)["grade"], batch_size * steps)
+    loader = torch.utils.data.DataLoader(_Batches(data), batch_size=batch_size, shuffle=False)
+
+    def fresh() -> PatchClassifier:
+        torch.manual_seed(0)
+        module = build_modules(cfg)["grade"]
+        module.scheduler_factory = None  # the plain loop has no scheduler either
+        return module
+
+    def plain() -> None:
+        module = fresh().train()
+        optimizer = module.configure_optimizers()
+        for batch in loader:
+            _train_step(module, optimizer, batch)
+
+    def lightning() -> None:
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, max_epochs=1, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            num_sanity_val_steps=0, limit_val_batches=0)  # fmt: skip
+        trainer.fit(fresh(), train_dataloaders=loader)
+
+    t_plain, t_fit = ab_medians(plain, lightning)
+    return {"overhead/plain_seconds": t_plain, "overhead/fit_seconds": t_fit, "overhead/fit_over_plain": t_fit / t_plain}
+
+
+# -- data path ------------------------------------------------------------------------------------------------
+def data_section(root: Path, cache: Path, cfg: Any, model_rate: float, items: int) -> dict[str, float]:
+    from lumbar_lightning.data.datamodules import PatchDataModule
+    from lumbar_lightning.runner import stage_geometry
+
+    out: dict[str, float] = {}
+    ds = LumbarDataset.ingest(root, cache)
+    dm = PatchDataModule(task="grade", patch=stage_geometry(cfg, "grade"), data_dir=str(root), cache_dir=str(cache),
+                         num_folds=4, batch_size=int(cfg.model.grade.batch_size), num_workers=int(cfg.data.num_workers),
+                         augment=dict(cfg.data.augment), samples_per_epoch=int(cfg.model.grade.batch_size) * 8)  # fmt: skip
+    dm.setup()
+    loader = dm.train_dataloader()
+    count = sum(len(b["target"]) for b in loader)
+    seconds = median_time(lambda: [None for _ in loader], repeats=3)
+    out["data/loader_images_per_s"] = count / seconds
+    out["data/model_images_per_s"] = model_rate
+    out["data/loader_over_model"] = out["data/loader_images_per_s"] / model_rate
+
+    rows = ds.labels.for_rater("A1").iloc[:items]
+    geometry = PatchGeometry(32)
+    paths = ds.images.set_index("sop_instance_uid")["path"]
+
+    def cached_items() -> None:
+        for r in rows.itertuples():
+            geometry.crop(ds.cache.get(r.sop_instance_uid), np.array([r.x_min, r.y_min, r.x_max, r.y_max]))
+
+    def naive_items() -> None:
+        for r in rows.itertuples():
+            image = normalise(decode_pixels(pydicom.dcmread(paths[r.sop_instance_uid])))
+            geometry.crop(image, np.array([r.x_min, r.y_min, r.x_max, r.y_max]))
+
+    t_cached, t_naive = ab_medians(cached_items, naive_items)
+    out["data/cached_items_per_s"] = len(rows) / t_cached
+    out["data/naive_dcmread_items_per_s"] = len(rows) / t_naive
+    out["data/cached_over_naive"] = t_naive / t_cached
+    return out
+
+
+# -- inference ------------------------------------------------------------------------------------------------
+def inference_section(presets: dict[str, Any], study: list[np.ndarray], spacing: list[float]) -> dict[str, float]:
+    """Pipeline latency for one study (untrained weights: the work per slice is the same as trained)."""
+    from lumbar_lightning.pipeline import Pipeline
+    from lumbar_lightning.runner import build_modules, stage_geometry
+
+    out: dict[str, float] = {}
+    for name, cfg in presets.items():
+        m = build_modules(cfg)
+        pipeline = Pipeline(m["detector"], m["rootlet"], m["grade"], stage_geometry(cfg, "rootlet"),
+                            batch_size=int(cfg.data.eval_batch_size), grade_patch=stage_geometry(cfg, "grade"))  # fmt: skip
+        seconds = median_time(lambda p=pipeline: p.predict(study, pixel_mm=spacing), repeats=3 if name == "demo" else 1)
+        out[f"inference/{name}/seconds_per_study"] = seconds * 40 / len(study)
+    out["inference/peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+# -- GPU ------------------------------------------------------------------------------------------------------
+def gpu_section(cfg: Any) -> dict[str, float]:
+    """Paper preset images/s per stage on CUDA: fp32, bf16 autocast, and bf16 + channels_last."""
+    from lumbar_lightning.runner import build_modules
+
+    out: dict[str, float] = {"gpu/device": torch.cuda.get_device_name()}  # type: ignore[dict-item]
+    modules = build_modules(cfg)
+    for stage in STAGES:
+        for mode in ("fp32", "bf16", "bf16_channels_last"):
+            module = modules[stage].cuda().train()
+            if mode.endswith("channels_last"):
+                module = module.to(memory_format=torch.channels_last)
+            batch = _to_cuda(stage_inputs(cfg, stage, module), channels_last=mode.endswith("channels_last"))
+            optimizer = torch.optim.Adam(module.parameters(), lr=1e-5)
+
+            def step(m: StageModule = module, o: torch.optim.Optimizer = optimizer, b: dict = batch, bf16: bool = mode != "fp32") -> None:
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+                    for _ in range(10):
+                        _train_step(m, o, b)
+                torch.cuda.synchronize()
+
+            out[f"gpu/{stage}/{mode}/train_images_per_s"] = 10 * len(batch["image"]) / median_time(step, repeats=3, warmup=2)
+    return out
+
+
+def _to_cuda(batch: dict[str, Any], channels_last: bool) -> dict[str, Any]:
+    def move(x: Any) -> Any:
+        if isinstance(x, list):
+            return [move(v) for v in x]
+        x = x.cuda()
+        return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x
+
+    return {k: move(v) for k, v in batch.items()}
+
+
+# -- the run --------------------------------------------------------------------------------------------------
+def run(small: bool = False) -> dict[str, Any]:
+    """Every section; ``small`` shrinks sizes for the smoke test (numbers then mean nothing)."""
+    warnings.filterwarnings("ignore")
+    presets = {"demo": preset("demo"), "paper": preset("paper_a1")}
+    out: dict[str, Any] = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    peak = gemm_peak_flops(512 if small else 2048, repeats=2 if small else 5)
+    out["gemm_fp32_gflop_per_s"] = peak / 1e9
+    out.update(compute_section(presets, peak, steps=1 if small else 5, small=small))
+    out.update(overhead_section(presets["demo"], steps=4 if small else 120))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "ph"
+        config = PhantomConfig(n_patients=4 if small else 10, image_size=96 if small else 320, seed=3)
+        cohort = PhantomCohort.generate(config, root)
+        out["phantom/slices_per_s"] = cohort.n_images / cohort.seconds
+        first = _timed(lambda: LumbarDataset.ingest(root, Path(tmp) / "cache"))
+        cached = median_time(lambda: LumbarDataset.ingest(root, Path(tmp) / "cache"))
+        out["ingest/first_pass_images_per_s"] = cohort.n_images / first
+        out["ingest/cached_images_per_s"] = cohort.n_images / cached
+        model_rate = out["demo/grade/train_images_per_s"]
+        out.update(data_section(root, Path(tmp) / "cache", presets["demo"], model_rate, items=20 if small else 300))
+        ds = LumbarDataset.ingest(root, Path(tmp) / "cache")
+        patient = ds.images[ds.images["patient"] == ds.images["patient"].iloc[0]]
+        uids = (list(patient["sop_instance_uid"]) * 40)[: 4 if small else 40]
+        study = [ds.cache.get(u) for u in uids]
+        spacing = [float(ds.images.set_index("sop_instance_uid").loc[u, "pixel_spacing_col"]) for u in uids]
+        out.update(inference_section({"demo": presets["demo"]} if small else presets, study, spacing))
+    if torch.cuda.is_available() and not small:
+        out.update(gpu_section(presets["paper"]))
+    out["targets"] = {k: {"rule": f"{op} {v}", "value": out.get(k), "met": _met(out.get(k), op, v)} for k, (op, v) in TARGETS.items()}
+    return out
+
+
+def _met(value: Any, op: str, target: float) -> bool | None:
+    if not isinstance(value, int | float):
+        return None
+    return value >= target if op == ">=" else value <= target
+
+
+def print_table(result: dict[str, Any]) -> None:
     width = max(len(k) for k in result)
     for key, value in result.items():
-        print(f"{key:<{width}}  {value:10.1f}")
+        if key == "targets":
+            continue
+        print(f"{key:<{width}}  {value:>12.3f}" if isinstance(value, float) else f"{key:<{width}}  {value:>12}")
+    print("\ntargets:")
+    for key, t in result["targets"].items():
+        mark = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
+        value = f"{t['value']:.3f}" if isinstance(t["value"], float) else t["value"]
+        print(f"  {key:<36} {t['rule']:>8}  {value:>10}  {mark}")
+
+
+def main() -> None:
+    result = run(small="--small" in sys.argv)
+    print_table(result)
     Path("bench.json").write_text(json.dumps(result, indent=2))
     print("wrote bench.json")
 
