@@ -38,7 +38,7 @@ def test_bench_smoke_reports_every_section_as_numbers() -> None:
             for what in ("train_images_per_s", "gflop_per_image", "efficiency"):
                 assert out[f"{preset}/{stage}/{what}"] > 0, (preset, stage, what)
     assert out["paper/grade/gflop_per_image"] > 10 * out["demo/grade/gflop_per_image"]  # width 1 vs 1/8
-    keys = ("gemm_fp32_gflop_per_s", "overhead/fit_over_plain", "data/loader_images_per_s", "data/cached_over_naive",
+    keys = ("gemm_fp32_gflop_per_s", "overhead/fit_over_plain", "data/loader_images_per_s", "data/cached_over_naive", "data/naive_dcmread_images_per_s",
             "phantom/slices_per_s", "ingest/first_pass_images_per_s", "ingest/cached_images_per_s",
             "inference/demo/seconds_per_study", "inference/peak_rss_mb")  # fmt: skip
     for key in keys:
