@@ -91,10 +91,16 @@ def stage_inputs(cfg: Any, stage: str, module: StageModule, batch: int | None = 
     if isinstance(module, CanalDetector):
         s = module.image_size
         boxes = torch.tensor([[0.4 * s, 0.55 * s, 0.6 * s, 0.7 * s]])
-        return {"image": [torch.rand(1, s, s, generator=gen) for _ in range(n)], "boxes": [boxes.clone() for _ in range(n)]}
+        return {
+            "image": [torch.rand(1, s, s, generator=gen) for _ in range(n)],
+            "boxes": [boxes.clone() for _ in range(n)],
+        }
     size = stage_geometry(cfg, stage).size
     classes = 2 if stage == "rootlet" else 4
-    return {"image": torch.rand(n, 1, size, size, generator=gen), "target": torch.randint(0, classes, (n,), generator=gen)}
+    return {
+        "image": torch.rand(n, 1, size, size, generator=gen),
+        "target": torch.randint(0, classes, (n,), generator=gen),
+    }
 
 
 def _train_step(module: StageModule, optimizer: torch.optim.Optimizer, batch: dict[str, Any]) -> None:
@@ -182,7 +188,11 @@ def overhead_section(cfg: Any, steps: int) -> dict[str, float]:
         trainer.fit(fresh(), train_dataloaders=loader)
 
     t_plain, t_fit = ab_medians(plain, lightning)
-    return {"overhead/plain_seconds": t_plain, "overhead/fit_seconds": t_fit, "overhead/fit_over_plain": t_fit / t_plain}
+    return {
+        "overhead/plain_seconds": t_plain,
+        "overhead/fit_seconds": t_fit,
+        "overhead/fit_over_plain": t_fit / t_plain,
+    }
 
 
 # -- data path ------------------------------------------------------------------------------------------------
@@ -234,11 +244,16 @@ class NaiveDicomPatches(torch.utils.data.Dataset):
         if self.augment is not None:
             patch = self.augment(image=patch)["image"]
         patch = self.geometry.center_crop(patch)
-        return {"image": torch.from_numpy(np.ascontiguousarray(patch))[None], "target": int(self.dm.targets(self.rows.iloc[[i]])[0])}
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(patch))[None],
+            "target": int(self.dm.targets(self.rows.iloc[[i]])[0]),
+        }
 
 
 # -- inference ------------------------------------------------------------------------------------------------
-def inference_section(presets: dict[str, Any], study: list[np.ndarray], spacing: list[float]) -> dict[str, float]:
+def inference_section(
+    presets: dict[str, Any], study: list[np.ndarray], spacing: list[float]
+) -> dict[str, float]:
     """Pipeline latency for one study (untrained weights: the work per slice is the same as trained)."""
     from lumbar_lightning.pipeline import Pipeline
     from lumbar_lightning.runner import build_modules, stage_geometry
@@ -248,7 +263,9 @@ def inference_section(presets: dict[str, Any], study: list[np.ndarray], spacing:
         m = build_modules(cfg)
         pipeline = Pipeline(m["detector"], m["rootlet"], m["grade"], stage_geometry(cfg, "rootlet"),
                             batch_size=int(cfg.data.eval_batch_size), grade_patch=stage_geometry(cfg, "grade"))  # fmt: skip
-        seconds = median_time(lambda p=pipeline: p.predict(study, pixel_mm=spacing), repeats=3 if name == "demo" else 1)
+        seconds = median_time(
+            lambda p=pipeline: p.predict(study, pixel_mm=spacing), repeats=3 if name == "demo" else 1
+        )
         out[f"inference/{name}/seconds_per_study"] = seconds * 40 / len(study)
     out["inference/peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
@@ -269,13 +286,20 @@ def gpu_section(cfg: Any) -> dict[str, float]:
             batch = _to_cuda(stage_inputs(cfg, stage, module), channels_last=mode.endswith("channels_last"))
             optimizer = torch.optim.Adam(module.parameters(), lr=1e-5)
 
-            def step(m: StageModule = module, o: torch.optim.Optimizer = optimizer, b: dict = batch, bf16: bool = mode != "fp32") -> None:
+            def step(
+                m: StageModule = module,
+                o: torch.optim.Optimizer = optimizer,
+                b: dict = batch,
+                bf16: bool = mode != "fp32",
+            ) -> None:
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
                     for _ in range(10):
                         _train_step(m, o, b)
                 torch.cuda.synchronize()
 
-            out[f"gpu/{stage}/{mode}/train_images_per_s"] = 10 * len(batch["image"]) / median_time(step, repeats=3, warmup=2)
+            out[f"gpu/{stage}/{mode}/train_images_per_s"] = (
+                10 * len(batch["image"]) / median_time(step, repeats=3, warmup=2)
+            )
     return out
 
 
@@ -318,7 +342,10 @@ def run(small: bool = False) -> dict[str, Any]:
         out.update(inference_section({"demo": presets["demo"]} if small else presets, study, spacing))
     if torch.cuda.is_available() and not small:
         out.update(gpu_section(presets["paper"]))
-    out["targets"] = {k: {"rule": f"{op} {v}", "value": out.get(k), "met": _met(out.get(k), op, v)} for k, (op, v) in TARGETS.items()}
+    out["targets"] = {
+        k: {"rule": f"{op} {v}", "value": out.get(k), "met": _met(out.get(k), op, v)}
+        for k, (op, v) in TARGETS.items()
+    }
     return out
 
 
@@ -333,7 +360,9 @@ def print_table(result: dict[str, Any]) -> None:
     for key, value in result.items():
         if key == "targets":
             continue
-        print(f"{key:<{width}}  {value:>12.3f}" if isinstance(value, float) else f"{key:<{width}}  {value:>12}")
+        print(
+            f"{key:<{width}}  {value:>12.3f}" if isinstance(value, float) else f"{key:<{width}}  {value:>12}"
+        )
     print("\ntargets:")
     for key, t in result["targets"].items():
         mark = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]

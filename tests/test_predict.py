@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pydicom
 import pytest
@@ -143,3 +144,12 @@ def test_nothing_readable_exits_non_zero_with_one_sentence(tiny_run: Path, tmp_p
     result = _predict(f"run_dir={tiny_run}", f"input={tmp_path / 'in'}", f"hydra.run.dir={tmp_path / 'h'}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "error: nothing to grade under" in result.stderr and "1 file(s) skipped" in result.stderr
+
+
+def test_estimated_levels_count_up_from_the_lowest_slice() -> None:
+    from lumbar_lightning.predict import estimated_levels
+
+    positions = np.array([-50.0, -23.1, -22.9, 0.0, 13.0, 130.0, 180.0])  # order does not matter
+    levels = estimated_levels(positions, segment_mm=36.0, offset=0.25)
+    # Boundaries at -50 + 36 * (k - 0.25): -23.0, 13.0, 49.0, 85.0, 121.0, 157.0
+    assert levels == ["L5/S1", "L5/S1", "L4/L5", "L4/L5", "L3/L4", "T12/L1", "above T12/L1"]
