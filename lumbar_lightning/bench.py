@@ -370,11 +370,34 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"  {key:<36} {t['rule']:>8}  {value:>10}  {mark}")
 
 
+def markdown_block(result: dict[str, Any]) -> str:
+    """The result as a README block (between the record markers), so recorded figures are never typed in."""
+    from lumbar_lightning.evaluation.record import BEGIN, END
+
+    lines = [BEGIN, "", f"torch {result['torch']}, {result['threads']} threads"
+             + (f", {result['gpu/device']}" if "gpu/device" in result else ", no GPU section (no CUDA)"), "",
+             "| figure | value |", "|---|---|"]  # fmt: skip
+    for key, value in result.items():
+        if key not in ("targets", "torch", "threads"):
+            lines.append(f"| {key} | {value:.3f} |" if isinstance(value, float) else f"| {key} | {value} |")
+    lines += ["", "| target | rule | value | met |", "|---|---|---|---|"]
+    for key, t in result["targets"].items():
+        value = f"{t['value']:.3f}" if isinstance(t["value"], float) else t["value"]
+        lines.append(f"| {key} | {t['rule']} | {value} | {t['met']} |")
+    return "\n".join([*lines, "", END])
+
+
 def main() -> None:
     result = run(small="--small" in sys.argv)
     print_table(result)
     Path("bench.json").write_text(json.dumps(result, indent=2))
     print("wrote bench.json")
+    if "--record" in sys.argv:
+        from lumbar_lightning.evaluation.record import replace_block
+
+        readme = Path(sys.argv[sys.argv.index("--record") + 1])
+        replace_block(readme, markdown_block(result))
+        print(f"recorded in {readme}")
 
 
 if __name__ == "__main__":

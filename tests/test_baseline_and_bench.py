@@ -30,7 +30,7 @@ def test_intensity_baseline_is_cross_validated_by_patient(tiny_phantom: Path, tm
 
 def test_bench_smoke_reports_every_section_as_numbers() -> None:
     """`make bench` in miniature: every figure present and positive, ratios consistent, targets judged."""
-    from lumbar_lightning.bench import TARGETS, run
+    from lumbar_lightning.bench import TARGETS, markdown_block, run
 
     out = run(small=True)
     for preset in ("demo", "paper"):
@@ -50,3 +50,5 @@ def test_bench_smoke_reports_every_section_as_numbers() -> None:
         if target["value"] is not None:
             assert target["met"] == (target["value"] >= TARGETS[key][1] if TARGETS[key][0] == ">=" else
                                      target["value"] <= TARGETS[key][1])  # fmt: skip
+    block = markdown_block(out)
+    assert block.startswith("<!-- results:begin -->") and all(f"| {k} |" in block for k in TARGETS)

@@ -37,14 +37,18 @@ def results_block(run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def record(run_dir: Path | str, readme: Path | str) -> None:
-    run_dir, readme = Path(run_dir), Path(readme)
+def replace_block(readme: Path | str, block: str) -> None:
+    """Put ``block`` (which starts with BEGIN and ends with END) in place of the README's recorded block."""
+    readme = Path(readme)
     text = readme.read_text() if readme.exists() else f"# {readme.parent.name}\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text:
         text += f"\n{BEGIN}\n{END}\n"
-    block = results_block(run_dir)
     text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
     atomic_write_text(readme, text)
+
+
+def record(run_dir: Path | str, readme: Path | str) -> None:
+    replace_block(readme, results_block(Path(run_dir)))
 
 
 if __name__ == "__main__":
