@@ -89,6 +89,29 @@ def test_the_axial_t2_series_is_chosen_and_every_other_series_says_why(tmp_path:
     assert bad.line == 7 and "series that was excluded (sagittal" in bad.reason
 
 
+def test_axial_blocks_exported_as_separate_series_are_kept_together(tmp_path: Path) -> None:
+    """Angled blocks (one per disc) written as separate series with one description: all of them are used."""
+    uids = _study_with_many_series(tmp_path)
+    block = _series("t2_tse_tra", series_uid=deterministic_uid("series", "block2"),
+                    orientation=(1.0, 0.0, 0.0, 0.0, 0.97, -0.24))  # tilted 14 degrees  # fmt: skip
+    extra = [deterministic_uid("sop", "block2", i) for i in range(3)]
+    for i, uid in enumerate(extra):
+        write_mr_slice(
+            tmp_path / "dicom" / "block2" / f"{i}.dcm",
+            _pixels(i),
+            block,
+            uid,
+            i + 1,
+            (0.0, 0.0, -30.0 - 4 * i),
+        )
+    _write_labels(tmp_path, [["A1", u, 8, 8, 20, 20, "rootlet", "A", ""] for u in uids["t2_tse_tra"] + extra])
+    ds = LumbarDataset.ingest(tmp_path)
+    assert set(ds.images["sop_instance_uid"]) == set(uids["t2_tse_tra"]) | set(extra)
+    chosen = [d for d in ds.series if d.chosen]
+    assert len(chosen) == 2 and {d.description for d in chosen} == {"t2_tse_tra"}
+    assert ds.labels.rejected == {}
+
+
 def test_a_study_with_no_axial_series_is_a_clear_error(tmp_path: Path) -> None:
     uid = deterministic_uid("sop", "sag")
     write_mr_slice(

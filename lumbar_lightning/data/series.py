@@ -3,7 +3,8 @@
 Hospital exports put localizers, sagittal and coronal series and sometimes several axial series into one
 study. Each series is judged on its own tags (ImageType, orientation from ImageOrientationPatient, series
 description, echo time); the study keeps one axial series, the most T2-like, then the one with most slices.
-Every other series is excluded with a reason that the ingest report and ``lumbar-predict`` print.
+Every other series is excluded with a reason that the ingest report and ``lumbar-predict`` print. Axial series
+that share the chosen one's description (angled blocks exported as separate series) are kept with it.
 """
 
 from __future__ import annotations
@@ -88,17 +89,23 @@ def select_series(
         if not candidates:
             continue
         candidates.sort(key=lambda c: c[0], reverse=True)
-        best = candidates[0][1]
-        best.chosen = True
-        best.reason = (
-            "axial T2" if best.orientation == "axial" else "only candidate (orientation tags missing)"
-        )
-        chosen.append(best.series_instance_uid)
-        for _, other in candidates[1:]:
-            other.reason = (
-                f"another axial series of the study was chosen ({best.description!r}, {best.images} images: "
-                "more T2-like or more slices)"
-            )
+        best_score, best = candidates[0][0][0], candidates[0][1]
+        for (score, _), decision in candidates:
+            # Sites that export each angled block of the axial T2 as its own series give them one description:
+            # those blocks are kept together.
+            if decision is best or (score == best_score and decision.description == best.description != ""):
+                decision.chosen = True
+                decision.reason = (
+                    "axial T2"
+                    if decision.orientation == "axial"
+                    else "only candidate (orientation tags missing)"
+                )
+                chosen.append(decision.series_instance_uid)
+            else:
+                decision.reason = (
+                    f"another axial series of the study was chosen ({best.description!r}, {best.images} images: "
+                    "more T2-like or more slices)"
+                )
     kept = images[images["series_instance_uid"].isin(chosen)].copy()
     order = kept["slice_position"].where(
         kept["slice_position"].notna(), kept["instance_number"].astype(float)
