@@ -63,6 +63,10 @@ def cross_validate(cfg: DictConfig, root: Path | None = None) -> dict[str, Any]:
         # count); unset, the cores are shared out and the folds match single runs only at that count.
         values["trainer"]["enable_progress_bar"] = False
         threads = int(cfg.threads) if cfg.get("threads") else max(1, torch.get_num_threads() // workers)
+        if not cfg.get("threads"):
+            log.info(
+                f"threads unset: {threads} per fold; a single-fold run matches these folds with threads={threads}"
+            )
         values["threads"] = threads
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
