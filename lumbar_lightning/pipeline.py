@@ -28,6 +28,15 @@ class Prediction:
     grade_probs_balanced: np.ndarray  # without prior correction
     grade: str  # empty where the level is cord
 
+    @classmethod
+    def decide(cls, box: np.ndarray, box_score: float, rootlet_prob: float, grade_probs: np.ndarray,
+               grade_probs_balanced: np.ndarray) -> Prediction:  # fmt: skip
+        """The level (rootlet at probability >= 0.5) and, on rootlet slices only, the most probable grade."""
+        level = "rootlet" if rootlet_prob >= 0.5 else "cord"
+        grade = GRADES[int(np.argmax(grade_probs))] if level == "rootlet" else ""
+        return cls(np.asarray(box), float(box_score), float(rootlet_prob), level, grade_probs, grade_probs_balanced,
+                   grade)  # fmt: skip
+
     def as_row(self) -> dict[str, Any]:
         row: dict[str, Any] = {
             **{
@@ -118,22 +127,16 @@ class Pipeline:
         else:
             scores = np.ones(len(images), dtype=np.float32)
         out = self.classify(images, np.asarray(boxes, dtype=np.float32), pixel_mm)
-        preds = []
-        for i in range(len(images)):
-            level = "rootlet" if out["rootlet_prob"][i] >= 0.5 else "cord"
-            probs = out["grade_probs"][i]
-            preds.append(
-                Prediction(
-                    box=np.asarray(boxes[i]),
-                    box_score=float(scores[i]),
-                    rootlet_prob=float(out["rootlet_prob"][i]),
-                    level=level,
-                    grade_probs=probs,
-                    grade_probs_balanced=out["grade_probs_balanced"][i],
-                    grade=GRADES[int(np.argmax(probs))] if level == "rootlet" else "",
-                )
+        return [
+            Prediction.decide(
+                boxes[i],
+                scores[i],
+                out["rootlet_prob"][i],
+                out["grade_probs"][i],
+                out["grade_probs_balanced"][i],
             )
-        return preds
+            for i in range(len(images))
+        ]
 
 
 def load_stage_weights(module: torch.nn.Module, checkpoint: str | Path) -> torch.nn.Module:

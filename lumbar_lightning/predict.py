@@ -113,23 +113,16 @@ class Ensemble:
         if len(self.pipelines) == 1:
             return self.pipelines[0].predict(images, pixel_mm=pixel_mm)
         per_fold = [p.predict(images, pixel_mm=pixel_mm) for p in self.pipelines]
-        out = []
-        for preds in zip(*per_fold, strict=True):
-            rootlet = float(np.mean([p.rootlet_prob for p in preds]))
-            probs = np.mean([p.grade_probs for p in preds], axis=0)
-            level = "rootlet" if rootlet >= 0.5 else "cord"
-            out.append(
-                Prediction(
-                    box=np.mean([p.box for p in preds], axis=0),
-                    box_score=float(np.mean([p.box_score for p in preds])),
-                    rootlet_prob=rootlet,
-                    level=level,
-                    grade_probs=probs,
-                    grade_probs_balanced=np.mean([p.grade_probs_balanced for p in preds], axis=0),
-                    grade=GRADES[int(np.argmax(probs))] if level == "rootlet" else "",
-                )
+        return [
+            Prediction.decide(
+                np.mean([p.box for p in preds], axis=0),
+                float(np.mean([p.box_score for p in preds])),
+                float(np.mean([p.rootlet_prob for p in preds])),
+                np.mean([p.grade_probs for p in preds], axis=0),
+                np.mean([p.grade_probs_balanced for p in preds], axis=0),
             )
-        return out
+            for preds in zip(*per_fold, strict=True)
+        ]
 
 
 def estimated_levels(positions: np.ndarray, segment_mm: float, offset: float = 0.25) -> list[str]:
