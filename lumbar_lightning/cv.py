@@ -31,8 +31,8 @@ def fold_dirs(root: Path, raters: list[str], folds: list[int]) -> dict[tuple[str
 def _run_job(
     cfg_values: dict[str, Any], fold: int, rater: str, out: str, tracking: str, threads: int
 ) -> dict[str, Any]:
-    """One fold in a worker process (spawned, so no thread pool is inherited half-initialised)."""
-    torch.set_num_threads(threads)
+    """One fold in a worker process (spawned, so no thread pool is inherited half-initialised); run_fold sets
+    torch's thread count from ``threads``."""
     cfg = OmegaConf.create({**cfg_values, "threads": threads})
     return run_fold(cfg, fold, rater, Path(out), tracking_dir=Path(tracking))
 

@@ -17,15 +17,6 @@ from lumbar_lightning.data.dicom import atomic_write_text
 from lumbar_lightning.runner import run_fold
 
 
-@exit_on_contract_error
-def train(cfg: DictConfig) -> dict:
-    out = output_dir() / cfg.data.rater / f"fold_{cfg.data.fold}"
-    metrics = run_fold(cfg, int(cfg.data.fold), str(cfg.data.rater), out)
-    log.info(f"fold {cfg.data.fold} rater {cfg.data.rater}: {fold_line(metrics)}")
-    log.info(f"outputs: {out}")
-    return metrics
-
-
 def objective_value(metrics: dict, metric: str) -> float:
     """``<stage>/<name>`` of a fold's metrics, e.g. ``grade/val/f1`` (the grader's validation macro F1 at its
     best checkpoint) or ``detector/best_val``."""
@@ -48,6 +39,7 @@ def train_for_objective(cfg: DictConfig) -> float:
         out = output_dir() / cfg.data.rater / f"fold_{fold}"
         metrics = run_fold(cfg, int(fold), str(cfg.data.rater), out)
         log.info(f"fold {fold} rater {cfg.data.rater}: {fold_line(metrics)}")
+        log.info(f"outputs: {out}")
         values[int(fold)] = objective_value(metrics, cfg.objective.metric)
     value = float(np.mean(list(values.values())))
     atomic_write_text(output_dir() / "objective.json",

@@ -14,16 +14,10 @@ import pandas as pd
 import torch
 from conftest import TINY_CV
 
-#: Timing fields, the only ones allowed to differ between two runs of one fold.
-TIMINGS = {"seconds", "fit_seconds"}
+from lumbar_lightning.reproduce import comparable
+
 #: Enough grade epochs that a kill lands inside the stage.
 LONGER_GRADE = ["model.grade.trainer.max_epochs=6", "model.grade.samples_per_epoch=256", "threads=1"]
-
-
-def _without_timings(tree: object) -> object:
-    if isinstance(tree, dict):
-        return {k: _without_timings(v) for k, v in tree.items() if k not in TIMINGS}
-    return tree
 
 
 def _train_cmd(data: Path, run_dir: Path) -> list[str]:
@@ -34,7 +28,7 @@ def _train_cmd(data: Path, run_dir: Path) -> list[str]:
 def _fold(run_dir: Path) -> tuple[dict, pd.DataFrame]:
     out = run_dir / "A1" / "fold_0"
     metrics = json.loads((out / "metrics.json").read_text())
-    return _without_timings(metrics), pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    return comparable(metrics), pd.read_csv(out / "predictions.csv", keep_default_na=False)
 
 
 def test_killed_mid_stage_then_resumed_equals_uninterrupted(tiny_phantom: Path, tmp_path: Path) -> None:
@@ -94,7 +88,7 @@ def test_make_reproduce_finds_no_difference_for_a_recorded_fold(tiny_run: Path, 
 
 
 def test_any_difference_is_reported_with_its_path() -> None:
-    from lumbar_lightning.reproduce import comparable, diff_metrics
+    from lumbar_lightning.reproduce import diff_metrics
 
     a = {
         "grade": {"chained": {"accuracy": 0.9, "confusion_matrix": [[3, 1], [0, 2]]}, "seconds": 5.0},

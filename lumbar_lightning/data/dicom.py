@@ -118,11 +118,7 @@ def image_key(sop_uid: str, frame: int = 0) -> str:
 
 
 def _first_item(ds: Any, keyword: str) -> Any:
-    seq = ds.get(keyword) if ds is not None else None
-    try:
-        return seq[0] if seq else None
-    except (TypeError, IndexError):
-        return None
+    return _item_at(ds.get(keyword), 0) if ds is not None else None
 
 
 def _functional(ds: pydicom.Dataset, frame_index: int | None, group: str, keyword: str) -> Any:
