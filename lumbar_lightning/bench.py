@@ -228,7 +228,7 @@ class NaiveDicomPatches(torch.utils.data.Dataset):
     """The training patches as a naive dataset reads them: ``pydicom.dcmread`` per item, every epoch."""
 
     def __init__(self, dm: Any, paths: Any) -> None:
-        self.rows, self.paths, self.dm = dm.rows["train"], paths, dm
+        self.rows, self.paths, self.targets = dm.rows["train"], paths, dm.targets(dm.rows["train"])
         self.augment, self.geometry = dm.sets["train"].augment, dm.geometry
 
     def __len__(self) -> int:
@@ -246,7 +246,7 @@ class NaiveDicomPatches(torch.utils.data.Dataset):
         patch = self.geometry.center_crop(patch)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(patch))[None],
-            "target": int(self.dm.targets(self.rows.iloc[[i]])[0]),
+            "target": int(self.targets[i]),
         }
 
 
