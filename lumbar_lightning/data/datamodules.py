@@ -99,9 +99,23 @@ def item_seed(seed: int, key: int | tuple[int, int]) -> tuple[int, int | None]:
     return int(key), None
 
 
+def reseed(augment: Any, seed: int) -> None:
+    """What ``Compose.set_random_seed(seed)`` does, in place and at a third of the cost (it runs per item): the
+    compose and each transform get generators in the state ``seed`` gives, but the numpy seeding (the dear part)
+    is done once and its state copied, instead of a new seeded Generator per transform."""
+    state = np.random.default_rng(seed).bit_generator.state
+    parts = [augment]
+    while parts:
+        part = parts.pop()
+        part.seed = seed
+        part.random_generator.bit_generator.state = state
+        part.py_random.seed(seed)
+        parts.extend(getattr(part, "transforms", []))  # nested composes too, as set_random_seed does
+
+
 def _augment(augment: Any, seed: int | None, **data: Any) -> dict[str, Any]:
     if seed is not None:
-        augment.set_random_seed(seed)
+        reseed(augment, seed)
     return augment(**data)
 
 
