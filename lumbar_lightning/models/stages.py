@@ -81,13 +81,17 @@ class CanalDetector(StageModule):
     def __init__(self, backbone: str = "compact", image_size: int = 160, anchor_sizes: tuple[int, ...] = (8, 16, 32),
                  rpn_pre_nms_top_n: int = 100, rpn_post_nms_top_n: int = 20, rpn_batch_size_per_image: int = 64,
                  box_batch_size_per_image: int = 32, representation_size: int = 128, pretrained: str | None = None,
+                 channels_last: bool = True, roi_sampling_ratio: int = 2,
                  optimizer: OptimizerFactory | None = None, scheduler: SchedulerFactory | None = None) -> None:  # fmt: skip
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net = build_faster_rcnn(
             backbone, image_size, tuple(anchor_sizes), rpn_pre_nms_top_n, rpn_post_nms_top_n,
             rpn_batch_size_per_image, box_batch_size_per_image, 5, representation_size, pretrained,
+            roi_sampling_ratio,
         )  # fmt: skip
+        if channels_last:  # NHWC convolutions: ~10% faster on CPU for the compact backbone (see CanalVGG)
+            self.net.to(memory_format=torch.channels_last)
         self.image_size = image_size
         self.map = {s: MeanAveragePrecision(box_format="xyxy", iou_type="bbox") for s in ("val", "test")}
         self.map_val, self.map_test = self.map["val"], self.map["test"]  # registered as children
@@ -193,11 +197,13 @@ class PatchClassifier(StageModule):
     class_names: tuple[str, ...] = ()
 
     def __init__(self, width: float = 1.0, batch_norm: bool = True, dropout: float = 0.0,
-                 class_prior: list[float] | None = None, prior_correction: bool = True,
+                 class_prior: list[float] | None = None, prior_correction: bool = True, channels_last: bool = True,
                  optimizer: OptimizerFactory | None = None, scheduler: SchedulerFactory | None = None) -> None:  # fmt: skip
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        self.net = CanalVGG(self.num_outputs, width=width, batch_norm=batch_norm, dropout=dropout)
+        self.net = CanalVGG(
+            self.num_outputs, width=width, batch_norm=batch_norm, dropout=dropout, channels_last=channels_last
+        )
         metrics = classification_metrics(len(self.class_names))
         # ModuleDict keys cannot be "train" (an nn.Module method), hence the suffix.
         self.metrics = nn.ModuleDict(
