@@ -180,18 +180,45 @@ def test_every_detector_backbone_trains_and_predicts(backbone: str, tmp_path: Pa
         CanalDetector(backbone=backbone, image_size=64, pretrained=str(tmp_path / "bad.pt"))
 
 
-def test_reseed_equals_albumentations_set_random_seed() -> None:
-    """The per-item reseed is a faster ``Compose.set_random_seed``: identical augmentations, boxes included."""
-    from lumbar_lightning.data.datamodules import reseed
-    from lumbar_lightning.data.transforms import AugmentConfig, build_augmentation
+def test_paper_augment_is_seeded_and_moves_the_box_with_the_image() -> None:
+    """Same seed, same warp; the returned box is where the boxed content went (rotation, scale, shift, flip)."""
+    from lumbar_lightning.data.transforms import AugmentConfig, PaperAugment
 
-    image = np.random.default_rng(0).random((96, 96), dtype=np.float32)
+    augment = PaperAugment(AugmentConfig(p_noise=0.0, p_affine=1.0))
+    image = np.zeros((96, 96), dtype=np.float32)
     box = np.array([[30.0, 40.0, 50.0, 60.0]], dtype=np.float32)
-    theirs, ours = (build_augmentation(AugmentConfig(), 0, boxes=True) for _ in range(2))
-    for seed in range(0, 20000, 101):
-        theirs.set_random_seed(seed)
-        reseed(ours, seed)
-        a, b = (t(image=image, bboxes=box, labels=[1]) for t in (theirs, ours))
-        assert np.array_equal(a["image"], b["image"]) and np.array_equal(
-            np.asarray(a["bboxes"]), np.asarray(b["bboxes"])
-        )
+    image[40:60, 30:50] = 1.0
+    a, box_a = augment(image, 7, boxes=box)
+    b, box_b = augment(image, 7, boxes=box)
+    assert np.array_equal(a, b) and np.array_equal(box_a, box_b)
+    assert not np.array_equal(a, augment(image, 8, boxes=box)[0])
+    for seed in range(40):
+        out, moved = augment(image, seed, boxes=box)
+        ys, xs = np.nonzero(out > 0.5)
+        seen = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float32)
+        assert np.abs(seen - moved[0]).max() <= 1.5, (seed, seen, moved)
+
+
+def test_paper_augment_crops_flips_and_draws_the_configured_rates() -> None:
+    from lumbar_lightning.data.transforms import AugmentConfig, PaperAugment
+
+    patch = np.random.default_rng(0).random((44, 44), dtype=np.float32)
+    centre = patch[6:38, 6:38]
+    still = PaperAugment(AugmentConfig(p_affine=0.0, hflip=0.0, p_noise=0.0))
+    np.testing.assert_allclose(still(patch, 1, out_size=32)[0], centre, atol=1e-6)
+    mirror = PaperAugment(AugmentConfig(p_affine=0.0, hflip=1.0, p_noise=0.0))
+    np.testing.assert_allclose(mirror(patch, 1, out_size=32)[0], centre[:, ::-1], atol=1e-6)
+    noisy = PaperAugment(AugmentConfig(p_affine=0.0, hflip=0.0, p_noise=1.0, noise_std=0.05))
+    residual = noisy(patch, 3, out_size=32)[0] - centre
+    assert 0 < residual.std() <= 0.05 and abs(residual.mean()) < 0.01
+
+    cfg = AugmentConfig()
+    draws = [PaperAugment(cfg).draw(np.random.default_rng(s)) for s in range(3000)]
+    for key, rate in (("affine", cfg.p_affine), ("flip", cfg.hflip), ("noise", cfg.p_noise)):
+        assert abs(np.mean([d[key] for d in draws]) - rate) < 0.03, key
+    angles = np.array([d["angle"] for d in draws])
+    assert (
+        angles.min() >= -cfg.rotate_deg
+        and angles.max() <= cfg.rotate_deg
+        and angles.std() > cfg.rotate_deg / 2
+    )

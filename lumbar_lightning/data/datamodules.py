@@ -22,8 +22,8 @@ from lumbar_lightning.data.folds import SPLITS, StratifiedPatientFolds
 from lumbar_lightning.data.labels import GRADES
 from lumbar_lightning.data.transforms import (
     AugmentConfig,
+    PaperAugment,
     PatchGeometry,
-    build_augmentation,
     scale_boxes,
 )
 
@@ -99,30 +99,10 @@ def item_seed(seed: int, key: int | tuple[int, int]) -> tuple[int, int | None]:
     return int(key), None
 
 
-def reseed(augment: Any, seed: int) -> None:
-    """What ``Compose.set_random_seed(seed)`` does, in place and at a third of the cost (it runs per item): the
-    compose and each transform get generators in the state ``seed`` gives, but the numpy seeding (the dear part)
-    is done once and its state copied, instead of a new seeded Generator per transform."""
-    state = np.random.default_rng(seed).bit_generator.state
-    parts = [augment]
-    while parts:
-        part = parts.pop()
-        part.seed = seed
-        part.random_generator.bit_generator.state = state
-        part.py_random.seed(seed)
-        parts.extend(getattr(part, "transforms", []))  # nested composes too, as set_random_seed does
-
-
-def _augment(augment: Any, seed: int | None, **data: Any) -> dict[str, Any]:
-    if seed is not None:
-        reseed(augment, seed)
-    return augment(**data)
-
-
 class DetectionSlices(Dataset):
     """Slices resized to the detector's input with the rater's canal box scaled alike."""
 
-    def __init__(self, images: np.ndarray, boxes: np.ndarray, uids: list[str], augment: Any = None,
+    def __init__(self, images: np.ndarray, boxes: np.ndarray, uids: list[str], augment: PaperAugment | None = None,
                  seed: int = 0) -> None:  # fmt: skip
         self.images, self.boxes, self.uids, self.augment, self.seed = images, boxes, uids, augment, seed
 
@@ -133,9 +113,9 @@ class DetectionSlices(Dataset):
         i, aug_seed = item_seed(self.seed, key)
         image, box = self.images[i].astype(np.float32), self.boxes[i : i + 1]
         if self.augment is not None:
-            out = _augment(self.augment, aug_seed, image=image, bboxes=box, labels=[1])
-            if len(out["bboxes"]):  # a box pushed out of view keeps the un-augmented sample
-                image, box = out["image"], np.asarray(out["bboxes"], dtype=np.float32)
+            warped, warped_box = self.augment(image, aug_seed, boxes=box)
+            if warped_box is not None:  # a box pushed out of view keeps the un-augmented sample
+                image, box = warped, warped_box
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image))[None],
             "boxes": torch.as_tensor(box, dtype=torch.float32).reshape(-1, 4),
@@ -152,7 +132,7 @@ class CanalPatches(Dataset):
     """Canal patches cut around the rater's boxes, with the target of one task."""
 
     def __init__(self, patches: np.ndarray, targets: np.ndarray, uids: list[str], geometry: PatchGeometry,
-                 augment: Any = None, seed: int = 0) -> None:  # fmt: skip
+                 augment: PaperAugment | None = None, seed: int = 0) -> None:  # fmt: skip
         self.patches, self.targets, self.uids, self.geometry = patches, targets, uids, geometry
         self.augment, self.seed = augment, seed
 
@@ -162,9 +142,10 @@ class CanalPatches(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         i, aug_seed = item_seed(self.seed, key)
         patch = self.patches[i]
-        if self.augment is not None:
-            patch = _augment(self.augment, aug_seed, image=patch)["image"]
-        patch = self.geometry.center_crop(patch)
+        if self.augment is not None:  # the warp also cuts the training context back to the patch size
+            patch = self.augment(patch, aug_seed, out_size=self.geometry.size)[0]
+        else:
+            patch = self.geometry.center_crop(patch)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(patch, dtype=np.float32))[None],
             "target": int(self.targets[i]),
@@ -216,8 +197,8 @@ class LumbarDataModule(L.LightningDataModule):
                     f"fold {self.fold}, rater {self.rater}: the {name} split has no usable labelled image"
                 )
             augment = (
-                build_augmentation(self.augment_cfg, self.seed + 1000 * self.fold, **self.augment_kwargs())
-                if name == "train"
+                PaperAugment(self.augment_cfg, self.seed + 1000 * self.fold)
+                if name == "train" and self.augment_cfg.enabled
                 else None
             )
             self.sets[name] = self.build(self.rows[name], augment)
@@ -226,10 +207,7 @@ class LumbarDataModule(L.LightningDataModule):
     def select(self, rows: pd.DataFrame) -> pd.DataFrame:
         return rows
 
-    def augment_kwargs(self) -> dict[str, Any]:
-        return {}
-
-    def build(self, rows: pd.DataFrame, augment: Any) -> Dataset:
+    def build(self, rows: pd.DataFrame, augment: PaperAugment | None) -> Dataset:
         raise NotImplementedError
 
     @property
@@ -284,10 +262,7 @@ class SliceDataModule(LumbarDataModule):
         super().__init__(**kwargs)
         self.image_size = image_size
 
-    def augment_kwargs(self) -> dict[str, Any]:
-        return {"boxes": True}
-
-    def build(self, rows: pd.DataFrame, augment: Any) -> Dataset:
+    def build(self, rows: pd.DataFrame, augment: PaperAugment | None) -> Dataset:
         assert self.dataset is not None
         images = np.stack([self.dataset.resized(uid, self.image_size) for uid in rows["sop_instance_uid"]])
         boxes = np.stack([
@@ -332,13 +307,11 @@ class PatchDataModule(LumbarDataModule):
     def num_classes(self) -> int:
         return 2 if self.task == "rootlet" else len(GRADES)
 
-    def build(self, rows: pd.DataFrame, augment: Any) -> Dataset:
+    def build(self, rows: pd.DataFrame, augment: PaperAugment | None) -> Dataset:
         assert self.dataset is not None
         context = 1.35 if augment is not None else 1.0
-        spacing = self.dataset.images.set_index("sop_instance_uid")["pixel_spacing_col"]
         patches = np.stack([
-            self.geometry.crop(self.dataset.cache.get(r.sop_instance_uid), np.array([r.x_min, r.y_min, r.x_max, r.y_max]),
-                               context, pixel_mm=float(spacing[r.sop_instance_uid]))
+            self.dataset.patch(r.sop_instance_uid, (r.x_min, r.y_min, r.x_max, r.y_max), self.geometry, context)
             for r in rows.itertuples()
         ])  # fmt: skip
         return CanalPatches(
