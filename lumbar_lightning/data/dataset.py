@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.data.folds import StratifiedPatientFolds, stratum
 from lumbar_lightning.data.labels import GRADES, LabelTable, load_labels
 from lumbar_lightning.data.series import SeriesDecision, select_series
-from lumbar_lightning.data.transforms import resize_image
+from lumbar_lightning.data.transforms import PatchGeometry, resize_image
 
 TRUTH_RATER = "truth"
 
@@ -30,6 +31,7 @@ class LumbarDataset:
     cache: ImageCache
     series: list[SeriesDecision] = field(default_factory=list)
     _resized: dict[tuple[str, int], np.ndarray] = field(default_factory=dict, repr=False)
+    _patches: dict[tuple[Any, ...], np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
     def ingest(
@@ -80,6 +82,23 @@ class LumbarDataset:
         if key not in self._resized:
             self._resized[key] = resize_image(self.cache.get(sop_instance_uid), size).astype(np.float16)
         return self._resized[key]
+
+    def patch(
+        self, sop_instance_uid: str, box: tuple[float, ...], geometry: PatchGeometry, context: float
+    ) -> np.ndarray:
+        """A canal patch of the cached image, kept in memory (float32, as the ``Pipeline`` cuts it): every fold that
+        cuts the same box with the same geometry (one rater's box, in 10 folds) reuses it."""
+        key = (sop_instance_uid, tuple(box), astuple(geometry), context)
+        if key not in self._patches:
+            pixel_mm = float(self.pixel_spacing[sop_instance_uid])
+            image = self.cache.get(sop_instance_uid)
+            self._patches[key] = geometry.crop(image, np.asarray(box), context, pixel_mm=pixel_mm)
+        return self._patches[key]
+
+    @cached_property
+    def pixel_spacing(self) -> pd.Series:
+        """Column pixel spacing (mm) per SOPInstanceUID."""
+        return self.images.set_index("sop_instance_uid")["pixel_spacing_col"]
 
     @property
     def images(self) -> pd.DataFrame:
