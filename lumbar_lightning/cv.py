@@ -18,8 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from lumbar_lightning.cli import CONF_DIR, exit_on_contract_error, log, output_dir
 from lumbar_lightning.data.dicom import atomic_write_text
+from lumbar_lightning.data.labels import CONSENSUS
 from lumbar_lightning.evaluation.report import write_cv_report
-from lumbar_lightning.runner import prepare_data, run_fold
+from lumbar_lightning.runner import detector_rater, prepare_data, run_fold, share_detector
 from lumbar_lightning.tracking import wandb_run, wandb_settings
 from lumbar_lightning.train import fold_line
 
@@ -28,33 +29,56 @@ def fold_dirs(root: Path, raters: list[str], folds: list[int]) -> dict[tuple[str
     return {(r, k): root / r / f"fold_{k}" for r in raters for k in folds}
 
 
-def _run_job(
-    cfg_values: dict[str, Any], fold: int, rater: str, out: str, tracking: str, threads: int
-) -> dict[str, Any]:
-    """One fold in a worker process (spawned, so no thread pool is inherited half-initialised); run_fold sets
+Job = list[tuple[str, int, Path]]  # (rater, fold, folder) run in order in one process
+
+
+def _run_job(cfg: DictConfig, job: Job, tracking: Path) -> list[tuple[str, int, dict[str, Any]]]:
+    """The folds of one job in order; a consensus detector that another rater's fold of the same fold number
+    trained (earlier in this job, or in an earlier run of this folder) is reloaded, not trained again."""
+    results = []
+    for rater, fold, out in job:
+        for sibling in sorted(out.parent.parent.glob(f"*/fold_{fold}")):
+            if sibling != out and share_detector(cfg, sibling, out):
+                break
+        results.append((rater, fold, run_fold(cfg, fold, rater, out, tracking_dir=tracking)))
+    return results
+
+
+def _run_job_in_worker(
+    cfg_values: dict[str, Any], job: Job, tracking: str, threads: int
+) -> list[tuple[str, int, dict[str, Any]]]:
+    """A job in a worker process (spawned, so no thread pool is inherited half-initialised); run_fold sets
     torch's thread count from ``threads``."""
-    cfg = OmegaConf.create({**cfg_values, "threads": threads})
-    return run_fold(cfg, fold, rater, Path(out), tracking_dir=Path(tracking))
+    return _run_job(OmegaConf.create({**cfg_values, "threads": threads}), job, Path(tracking))
 
 
-@exit_on_contract_error
-def cross_validate(cfg: DictConfig, root: Path | None = None) -> dict[str, Any]:
-    """Run every (rater, fold) not done yet, ``cv.workers`` at a time, then write the report."""
-    root = Path(root) if root else output_dir()
-    raters = list(cfg.cv.raters)
-    folds = list(cfg.cv.folds) if cfg.cv.get("folds") is not None else list(range(cfg.data.num_folds))
-    jobs = []
+def plan_jobs(cfg: DictConfig, root: Path, raters: list[str], folds: list[int]) -> list[Job]:
+    """The (rater, fold) runs not done yet, grouped into jobs: with a consensus detector, one job per fold runs
+    its raters one after the other so the detector is trained once per fold; otherwise one job per run."""
+    todo: dict[int, Job] = {}
     for (rater, fold), out in fold_dirs(root, raters, folds).items():
         if (out / "metrics.json").exists():
             log.info(f"fold {fold} rater {rater}: already done, skipped")
         else:
-            jobs.append((rater, fold, out))
+            todo.setdefault(fold, []).append((rater, fold, out))
+    if detector_rater(cfg, "") == CONSENSUS:
+        return [todo[k] for k in sorted(todo)]
+    return [[run] for rater in raters for k in sorted(todo) for run in todo[k] if run[0] == rater]
+
+
+@exit_on_contract_error
+def cross_validate(cfg: DictConfig, root: Path | None = None) -> dict[str, Any]:
+    """Run every (rater, fold) not done yet, ``cv.workers`` jobs at a time, then write the report."""
+    root = Path(root) if root else output_dir()
+    raters = list(cfg.cv.raters)
+    folds = list(cfg.cv.folds) if cfg.cv.get("folds") is not None else list(range(cfg.data.num_folds))
+    jobs = plan_jobs(cfg, root, raters, folds)
     workers = max(1, min(int(cfg.cv.get("workers") or 1), len(jobs) or 1))
     start = time.perf_counter()
     if workers == 1:
-        for rater, fold, out in jobs:
-            metrics = run_fold(cfg, fold, rater, out, tracking_dir=root / "logs")
-            log.info(f"fold {fold} rater {rater}: {fold_line(metrics)}")
+        for job in jobs:
+            for rater, fold, metrics in _run_job(cfg, job, root / "logs"):
+                log.info(f"fold {fold} rater {rater}: {fold_line(metrics)}")
     else:
         prepare_data(cfg)  # generate and ingest once, before the workers read the cache
         values = OmegaConf.to_container(cfg, resolve=True)
@@ -70,19 +94,22 @@ def cross_validate(cfg: DictConfig, root: Path | None = None) -> dict[str, Any]:
         values["threads"] = threads
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = {
-                pool.submit(_run_job, values, fold, rater, str(out), str(root / "logs"), threads): (
-                    rater,
-                    fold,
-                )
-                for rater, fold, out in jobs
-            }
+            futures = [
+                pool.submit(_run_job_in_worker, values, job, str(root / "logs"), threads) for job in jobs
+            ]
             for future in as_completed(futures):
-                rater, fold = futures[future]
-                log.info(f"fold {fold} rater {rater}: {fold_line(future.result())}")
+                for rater, fold, metrics in future.result():
+                    log.info(f"fold {fold} rater {rater}: {fold_line(metrics)}")
     atomic_write_text(
         root / "timing.json",
-        json.dumps({"seconds": time.perf_counter() - start, "jobs": len(jobs), "workers": workers}),
+        json.dumps(
+            {
+                "seconds": time.perf_counter() - start,
+                "jobs": len(jobs),
+                "runs": sum(len(j) for j in jobs),
+                "workers": workers,
+            }
+        ),
     )
     summary = write_cv_report(
         root, seed=cfg.seed, title=f"lumbar-lightning cross-validation: {cfg.experiment_name}"

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from lumbar_lightning.data.datamodules import LEVEL_INDEX, PatchDataModule, SliceDataModule, load_dataset
 from lumbar_lightning.data.dataset import LumbarDataset
 from lumbar_lightning.data.dicom import atomic_write_text
-from lumbar_lightning.data.labels import GRADES
+from lumbar_lightning.data.labels import CONSENSUS, GRADES
 from lumbar_lightning.data.transforms import PatchGeometry
 from lumbar_lightning.evaluation.agreement import agreement
 from lumbar_lightning.models.stages import (
@@ -261,14 +262,16 @@ def run_fold(
     write_pipeline_spec(out_dir, cfg, modules, geometry)
 
     metrics: dict[str, Any] = {"fold": fold, "rater": rater}
+    box_rater = detector_rater(cfg, rater)
     det_dm = SliceDataModule(
-        image_size=detector.image_size, **_data_kwargs(cfg, fold, rater, cfg.model.detector)
+        image_size=detector.image_size, **_data_kwargs(cfg, fold, box_rater, cfg.model.detector)
     )
     det_dm.setup()
     metrics["splits"] = det_dm.describe()
     metrics["detector"] = _fit_stage(
-        cfg, "detector", detector, det_dm, out_dir, f"{rater}-detector-fold{fold}", tracking_dir
+        cfg, "detector", detector, det_dm, out_dir, f"{box_rater}-detector-fold{fold}", tracking_dir
     )
+    metrics["detector"]["boxes"] = box_rater
     for stage, module in (("rootlet", rootlet), ("grade", grader)):
         stage_cfg = cfg.model[stage]
         dm = PatchDataModule(task=stage, patch=geometry[stage], balanced=stage_cfg.balanced,
@@ -290,6 +293,29 @@ def run_fold(
     log_pipeline_run(cfg, f"{rater}-pipeline-fold{fold}", tracking_dir, metrics, predictions)
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, default=float))
     return metrics
+
+
+def detector_rater(cfg: DictConfig, rater: str) -> str:
+    """Whose boxes the detector learns: ``model.detector.boxes`` is ``rater`` (data.rater's) or ``consensus``."""
+    boxes = cfg.model.detector.get("boxes", "rater")
+    if boxes not in ("rater", CONSENSUS):
+        raise ValueError(f"model.detector.boxes must be 'rater' or '{CONSENSUS}', got {boxes!r}")
+    return CONSENSUS if boxes == CONSENSUS else rater
+
+
+def share_detector(cfg: DictConfig, trained: Path, out_dir: Path) -> bool:
+    """Give the fold in ``out_dir`` the finished consensus detector of the same fold in ``trained`` (another
+    rater's fold folder), so ``run_fold`` reloads it instead of training the same network again. The copy is
+    what training would give: the consensus detector depends on neither rater's labels. Returns whether shared."""
+    src, dst = Path(trained) / "checkpoints" / "detector", Path(out_dir) / "checkpoints" / "detector"
+    if detector_rater(cfg, "") != CONSENSUS or not (src / "done.json").exists():
+        return False
+    if (dst / "done.json").exists():
+        return True
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src / "best.ckpt", dst / "best.ckpt")
+    shutil.copy2(src / "done.json", dst / "done.json")  # last: marks the stage finished
+    return True
 
 
 def write_pipeline_spec(out_dir: Path, cfg: DictConfig, modules: dict[str, StageModule],

@@ -73,11 +73,8 @@ def test_wandb_offline_runs_are_one_per_rater_stage_fold(tiny_cv: Path) -> None:
     runs = offline_runs(tiny_cv)
     assert all(r["dir"].parent == tiny_cv / "logs" / "wandb" for r in runs.values())  # one folder per CV
     expected = {
-        f"{r}-{s}-fold{k}"
-        for r in ("A1", "A2")
-        for s in ("detector", "rootlet", "grade", "pipeline")
-        for k in range(4)
-    }
+        f"{r}-{s}-fold{k}" for r in ("A1", "A2") for s in ("rootlet", "grade", "pipeline") for k in range(4)
+    } | {f"consensus-detector-fold{k}" for k in range(4)}  # one detector per fold, trained once
     assert expected | {"cv-summary"} == set(runs)
     assert {r["group"] for r in runs.values()} == {"tinycv"}
     grade = runs["A2-grade-fold1"]
@@ -147,3 +144,31 @@ def test_a_multirun_over_folds_reproduces_the_cv_folds(
         )
         in_cv = pd.read_csv(tiny_cv / "A2" / f"fold_{fold}" / "predictions.csv", keep_default_na=False)
         pd.testing.assert_frame_equal(single, in_cv)
+
+
+def test_the_consensus_detector_is_trained_once_per_fold_and_shared(tiny_cv: Path) -> None:
+    """Both raters' folds hold the same detector (A2's is A1's, reloaded), tested against the consensus boxes;
+    the multirun test below shows that training it again for A2 gives the same predictions."""
+    import torch
+
+    for k in range(4):
+        a1, a2 = (tiny_cv / r / f"fold_{k}" / "checkpoints" / "detector" for r in ("A1", "A2"))
+        w1, w2 = (torch.load(d / "best.ckpt", weights_only=True)["state_dict"] for d in (a1, a2))
+        assert all(torch.equal(w1[name], w2[name]) for name in w1)
+        assert not (a2 / "last.ckpt").exists()  # never trained in A2's fold
+        m1, m2 = (json.loads((tiny_cv / r / f"fold_{k}" / "metrics.json").read_text()) for r in ("A1", "A2"))
+        assert m1["detector"] == m2["detector"] and m1["detector"]["boxes"] == "consensus"
+
+
+def test_plan_jobs_groups_raters_per_fold_only_for_a_shared_detector(tmp_path: Path) -> None:
+    from lumbar_lightning.cv import plan_jobs
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        shared = compose(config_name="cv")
+        own = compose(config_name="cv", overrides=["model.detector.boxes=rater"])
+    (tmp_path / "A1" / "fold_1").mkdir(parents=True)
+    (tmp_path / "A1" / "fold_1" / "metrics.json").write_text("{}")  # done: not planned again
+    jobs = plan_jobs(shared, tmp_path, ["A1", "A2"], [0, 1])
+    assert [[(r, k) for r, k, _ in job] for job in jobs] == [[("A1", 0), ("A2", 0)], [("A2", 1)]]
+    jobs = plan_jobs(own, tmp_path, ["A1", "A2"], [0, 1])
+    assert [[(r, k) for r, k, _ in job] for job in jobs] == [[("A1", 0)], [("A2", 0)], [("A2", 1)]]

@@ -91,3 +91,17 @@ def test_truth_file_without_analyzer_column(tmp_path: Path) -> None:
     path.write_text("sop_instance_uid,x_min,y_min,x_max,y_max,level,grade\n1.1,1,2,3,4,rootlet,D\n")
     table = load_labels(path, SIZES, analyzer="truth")
     assert table.rows["analyzer"].tolist() == ["truth"] and table.rows["grade"].tolist() == ["D"]
+
+
+def test_consensus_boxes_average_every_raters_box_per_image(tmp_path: Path) -> None:
+    from lumbar_lightning.data.labels import CONSENSUS
+
+    table = _load(
+        tmp_path,
+        "A2,1.1,12,22,32,44,rootlet,B,,\nA1,1.1,10,20,30,40,rootlet,A,,\nA1,1.2,5,6,7,8,cord,,,\n",
+    )
+    boxes = table.for_rater(CONSENSUS)
+    assert boxes.index.tolist() == ["1.1", "1.2"] and set(boxes["analyzer"]) == {CONSENSUS}
+    assert boxes.loc["1.1", ["x_min", "y_min", "x_max", "y_max"]].tolist() == [11.0, 21.0, 31.0, 42.0]
+    assert boxes.loc["1.2", ["x_min", "y_min", "x_max", "y_max"]].tolist() == [5.0, 6.0, 7.0, 8.0]
+    assert table.rows["x_min"].tolist() == [12.0, 10.0, 5.0]  # the raters' own rows are untouched

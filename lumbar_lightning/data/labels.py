@@ -18,6 +18,10 @@ LEVELS = ("rootlet", "cord")
 BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
 REQUIRED_COLUMNS = ("analyzer", "sop_instance_uid", *BOX_COLUMNS, "level", "grade")
 LABEL_COLUMNS = [*REQUIRED_COLUMNS, "vertebral_level", "line"]
+#: The pseudo-rater whose canal box on an image is the mean of every rater's box there: what a rater-neutral
+#: detector learns (the study's detector "trains the bounding boxes labeled by experts"), so one detector per fold
+#: serves Classifier1 and Classifier2 alike.
+CONSENSUS = "consensus"
 
 
 @dataclass
@@ -43,10 +47,21 @@ class LabelTable:
         return sorted(self.rows["analyzer"].unique().tolist())
 
     def for_rater(self, rater: str) -> pd.DataFrame:
-        """One rater's rows, indexed by ``sop_instance_uid``."""
+        """One rater's rows, indexed by ``sop_instance_uid`` (``CONSENSUS``: the mean boxes)."""
+        if rater == CONSENSUS:
+            return self.consensus_boxes()
         if rater not in self.raters:
             raise DataContractError(f"rater {rater!r} has no accepted labels (raters present: {self.raters})")
         return self.rows[self.rows["analyzer"] == rater].set_index("sop_instance_uid", drop=False)
+
+    def consensus_boxes(self) -> pd.DataFrame:
+        """One row per image that any rater labelled, its box the mean of the raters' boxes; the other columns
+        are the first rater's (by name), so nothing but the box should be read from these rows."""
+        rows = self.rows.sort_values(["sop_instance_uid", "analyzer"], kind="stable")
+        mean_box = rows.groupby("sop_instance_uid", sort=False)[list(BOX_COLUMNS)].mean()
+        out = rows.drop_duplicates("sop_instance_uid").set_index("sop_instance_uid", drop=False)
+        out[list(BOX_COLUMNS)] = mean_box.loc[out.index].to_numpy()
+        return out.assign(analyzer=CONSENSUS)
 
     def intersection(self, raters: list[str] | None = None) -> list[str]:
         """SOPInstanceUIDs labelled by every named rater (default: all raters): the paper's fair comparison set."""
