@@ -68,5 +68,5 @@ def test_each_classifier_can_have_its_own_patch_geometry() -> None:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=["experiment=demo"])
     rootlet, grade = stage_geometry(cfg, "rootlet"), stage_geometry(cfg, "grade")
-    assert rootlet.size == cfg.data.patch.size == 32 and grade.size == 48
+    assert rootlet.size == cfg.data.patch.size == 32 and grade.size == 40
     assert rootlet.margin == grade.margin == cfg.data.patch.margin
