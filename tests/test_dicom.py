@@ -105,3 +105,17 @@ def test_pseudonyms_are_stable_salted_and_hide_the_id(tiny_dataset: Path, tmp_pa
     assert "PAT001" not in pseudonymise("PAT001")
     index = scan_dicom(tiny_dataset / "dicom", ImageCache(tmp_path / "cache"), salt="s1")
     assert set(index.images["patient"]) == {pseudonymise(f"PAT{p:03d}", "s1") for p in range(12)}
+
+
+def test_ingesting_with_worker_processes_gives_what_one_process_gives(
+    tiny_phantom: Path, tmp_path: Path
+) -> None:
+    """The files to decode are spread over processes (read in order, a bounded window ahead): the index, the
+    skipped list and every cached image are the same as a single-process scan's."""
+    serial = scan_dicom(tiny_phantom / "dicom", ImageCache(tmp_path / "one"), workers=1)
+    parallel = scan_dicom(tiny_phantom / "dicom", ImageCache(tmp_path / "two"), workers=2)
+    assert len(serial.images) >= 64 and serial.decoded == parallel.decoded == len(serial.images)
+    assert serial.images.equals(parallel.images) and serial.skipped == parallel.skipped
+    one, two = ImageCache(tmp_path / "one"), ImageCache(tmp_path / "two")
+    for uid in serial.images["sop_instance_uid"]:
+        assert np.array_equal(one.get(uid), two.get(uid))
