@@ -84,5 +84,7 @@ def test_lumbar_train_with_ddp_sim_writes_one_fold(tiny_phantom: Path, tmp_path:
     preds = pd.read_csv(tmp_path / "A1" / "fold_0" / "predictions.csv", keep_default_na=False)
     assert preds["sop_instance_uid"].is_unique
     runs = offline_runs(tmp_path)
-    assert set(runs) == {f"A1-{s}-fold0" for s in ("detector", "rootlet", "grade", "pipeline")}
-    assert "val/acc" in set().union(*runs["A1-detector-fold0"]["history"])
+    assert set(runs) == {f"A1-{s}-fold0" for s in ("rootlet", "grade", "pipeline")} | {
+        "consensus-detector-fold0"
+    }
+    assert "val/acc" in set().union(*runs["consensus-detector-fold0"]["history"])
