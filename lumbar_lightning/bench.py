@@ -358,7 +358,7 @@ def run(small: bool = False) -> dict[str, Any]:
         patient = ds.images[ds.images["patient"] == ds.images["patient"].iloc[0]]
         uids = (list(patient["sop_instance_uid"]) * 40)[: 4 if small else 40]
         study = [ds.cache.get(u) for u in uids]
-        spacing = [float(ds.images.set_index("sop_instance_uid").loc[u, "pixel_spacing_col"]) for u in uids]
+        spacing = [float(ds.pixel_spacing[u]) for u in uids]
         out.update(inference_section({"demo": presets["demo"]} if small else presets, study, spacing))
     if torch.cuda.is_available() and not small:
         out.update(gpu_section(presets["paper"]))

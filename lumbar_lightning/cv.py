@@ -18,9 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lumbar_lightning.cli import CONF_DIR, exit_on_contract_error, log, output_dir
 from lumbar_lightning.data.dicom import atomic_write_text
-from lumbar_lightning.data.labels import CONSENSUS
 from lumbar_lightning.evaluation.report import write_cv_report
-from lumbar_lightning.runner import detector_rater, prepare_data, run_fold, share_detector
+from lumbar_lightning.runner import consensus_detector, prepare_data, run_fold, share_detector
 from lumbar_lightning.tracking import wandb_run, wandb_settings
 from lumbar_lightning.train import fold_line
 
@@ -61,7 +60,7 @@ def plan_jobs(cfg: DictConfig, root: Path, raters: list[str], folds: list[int]) 
             log.info(f"fold {fold} rater {rater}: already done, skipped")
         else:
             todo.setdefault(fold, []).append((rater, fold, out))
-    if detector_rater(cfg, "") == CONSENSUS:
+    if consensus_detector(cfg):
         return [todo[k] for k in sorted(todo)]
     return [[run] for rater in raters for k in sorted(todo) for run in todo[k] if run[0] == rater]
 

@@ -295,12 +295,18 @@ def run_fold(
     return metrics
 
 
-def detector_rater(cfg: DictConfig, rater: str) -> str:
-    """Whose boxes the detector learns: ``model.detector.boxes`` is ``rater`` (data.rater's) or ``consensus``."""
+def consensus_detector(cfg: DictConfig) -> bool:
+    """Whether the detector learns the consensus boxes (``model.detector.boxes: consensus``), so one detector per
+    fold serves every rater, or data.rater's own (``rater``)."""
     boxes = cfg.model.detector.get("boxes", "rater")
     if boxes not in ("rater", CONSENSUS):
         raise ValueError(f"model.detector.boxes must be 'rater' or '{CONSENSUS}', got {boxes!r}")
-    return CONSENSUS if boxes == CONSENSUS else rater
+    return boxes == CONSENSUS
+
+
+def detector_rater(cfg: DictConfig, rater: str) -> str:
+    """Whose boxes the detector learns for ``rater``'s fold."""
+    return CONSENSUS if consensus_detector(cfg) else rater
 
 
 def share_detector(cfg: DictConfig, trained: Path, out_dir: Path) -> bool:
@@ -308,7 +314,7 @@ def share_detector(cfg: DictConfig, trained: Path, out_dir: Path) -> bool:
     rater's fold folder), so ``run_fold`` reloads it instead of training the same network again. The copy is
     what training would give: the consensus detector depends on neither rater's labels. Returns whether shared."""
     src, dst = Path(trained) / "checkpoints" / "detector", Path(out_dir) / "checkpoints" / "detector"
-    if detector_rater(cfg, "") != CONSENSUS or not (src / "done.json").exists():
+    if not consensus_detector(cfg) or not (src / "done.json").exists():
         return False
     if (dst / "done.json").exists():
         return True
