@@ -119,3 +119,24 @@ def test_ingesting_with_worker_processes_gives_what_one_process_gives(
     one, two = ImageCache(tmp_path / "one"), ImageCache(tmp_path / "two")
     for uid in serial.images["sop_instance_uid"]:
         assert np.array_equal(one.get(uid), two.get(uid))
+
+
+def test_parallel_writers_of_one_cache_never_collide(tmp_path: Path) -> None:
+    """Two runs refreshing the same cache at once (multirun, CV workers) each rename their own temporary file:
+    with one shared temporary name, one run's rename found the file already moved (FileNotFoundError)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = ImageCache(tmp_path / "cache")
+    images = [np.full((8, 8), i / 10, dtype=np.float32) for i in range(8)]
+
+    def write(i: int) -> None:
+        for _ in range(25):
+            cache.save_manifest({"writer": {"i": i}})
+            cache.put("1.2.3", images[i])
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(8)))  # raises here if a writer failed
+    assert cache.load_manifest()["writer"]["i"] in range(8)
+    assert any(np.allclose(cache.get("1.2.3"), im, atol=1e-3) for im in images)
+    leftovers = [p.name for p in (tmp_path / "cache").rglob("*") if ".tmp" in p.name]
+    assert leftovers == []

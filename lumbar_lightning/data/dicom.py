@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import stat as stat_module
+import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -357,7 +358,7 @@ class ImageCache:
 
     def put(self, sop_instance_uid: str, image: np.ndarray) -> None:
         target = self.image_path(sop_instance_uid)
-        tmp = target.with_suffix(".tmp.npy")
+        tmp = _private_tmp(target)
         np.save(tmp, image.astype(np.float16, copy=False))
         os.replace(tmp, target)
 
@@ -372,9 +373,18 @@ class ImageCache:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write then rename, so a reader never sees half a file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = _private_tmp(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _private_tmp(path: Path) -> Path:
+    """A temporary name next to ``path`` that no other writer uses: parallel runs (multirun, CV workers) that
+    refresh the same cache at once each rename their own file, and the last complete one wins."""
+    return path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
 
 
 def _stat_key(path: Path) -> tuple[int, int] | str:
