@@ -22,7 +22,7 @@ def wandb_settings(cfg: DictConfig) -> dict[str, Any] | None:
     return {
         k: v
         for k, v in OmegaConf.to_container(node, resolve=True).items()
-        if k in {"project", "group", "mode", "tags", "entity"}
+        if k in {"project", "group", "mode", "tags", "entity", "settings"}
     }
 
 

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from lumbar_lightning.cli import CONF_DIR, exit_on_contract_error, log, output_dir
 from lumbar_lightning.data.dicom import atomic_write_text
 from lumbar_lightning.runner import run_fold
+from lumbar_lightning.tracking import wandb_settings
 
 
 def objective_value(metrics: dict, metric: str) -> float:
@@ -40,6 +41,8 @@ def train_for_objective(cfg: DictConfig) -> float:
         metrics = run_fold(cfg, int(fold), str(cfg.data.rater), out)
         log.info(f"fold {fold} rater {cfg.data.rater}: {fold_line(metrics)}")
         log.info(f"outputs: {out}")
+        if wandb_settings(cfg) is not None:
+            log.info(f"W&B runs: {out / 'logs' / 'wandb'} (offline ones upload later with `wandb sync`)")
         values[int(fold)] = objective_value(metrics, cfg.objective.metric)
     value = float(np.mean(list(values.values())))
     atomic_write_text(output_dir() / "objective.json",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -59,6 +60,28 @@ def test_cv_summary_has_the_study_pairs_and_checks_out(tiny_cv: Path) -> None:
         set(summary["per_fold"]) == {"A1", "A2"}
         and summary["per_fold"]["A1"]["grade_accuracy"]["n_folds"] == 4
     )
+
+
+def test_wandb_runs_are_recorded_without_console_output(tmp_path: Path) -> None:
+    """The default W&B logger is silent (a demo CV makes ~75 runs; their banners and summary footers buried the
+    one line per fold); the run is still recorded offline."""
+    import subprocess
+    import sys
+
+    code = (
+        "from pathlib import Path; from hydra import compose, initialize_config_dir;"
+        "from lumbar_lightning.cli import CONF_DIR; from lumbar_lightning.tracking import wandb_run\n"
+        "with initialize_config_dir(config_dir=CONF_DIR, version_base='1.3'):\n"
+        "    cfg = compose(config_name='train', overrides=['logger=wandb'])\n"
+        f"with wandb_run(cfg, 'quiet-run', Path({str(tmp_path)!r}), job_type='test') as run:\n"
+        "    run.log({'a': 1.0}); run.summary['b'] = 2.0\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "WANDB_MODE": "offline"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "wandb:" not in result.stdout + result.stderr
+    runs = offline_runs(tmp_path)
+    assert set(runs) == {"quiet-run"} and runs["quiet-run"]["history"][0]["a"] == 1.0
 
 
 def test_report_and_figures(tiny_cv: Path) -> None:
