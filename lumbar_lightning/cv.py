@@ -6,8 +6,10 @@ A fold whose ``metrics.json`` exists is skipped, so re-running the same command 
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,16 @@ def _run_job_in_worker(
 ) -> list[tuple[str, int, dict[str, Any]]]:
     """A job in a worker process (spawned, so no thread pool is inherited half-initialised); run_fold sets
     torch's thread count from ``threads``."""
+    quiet_lightning()
     return _run_job(OmegaConf.create({**cfg_values, "threads": threads}), job, Path(tracking))
+
+
+def quiet_lightning() -> None:
+    """Lightning's per-Trainer notices (accelerator lines, tips, "fit stopped") at warning level only: a worker
+    builds ~10 Trainers per fold, and the parent prints one line per finished fold instead."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning vs torch 2.14
 
 
 def plan_jobs(cfg: DictConfig, root: Path, raters: list[str], folds: list[int]) -> list[Job]:

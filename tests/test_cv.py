@@ -195,3 +195,22 @@ def test_plan_jobs_groups_raters_per_fold_only_for_a_shared_detector(tmp_path: P
     assert [[(r, k) for r, k, _ in job] for job in jobs] == [[("A1", 0), ("A2", 0)], [("A2", 1)]]
     jobs = plan_jobs(own, tmp_path, ["A1", "A2"], [0, 1])
     assert [[(r, k) for r, k, _ in job] for job in jobs] == [[("A1", 0)], [("A2", 0)], [("A2", 1)]]
+
+
+def test_cv_workers_keep_lightning_notices_out_of_the_fold_lines(tmp_path: Path) -> None:
+    """A CV worker builds ~10 Trainers per fold; their accelerator lines and tips stay quiet, warnings do not."""
+    import subprocess
+    import sys
+
+    code = (
+        "import lightning as L; from lumbar_lightning.cv import quiet_lightning\n"
+        "from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn\n"
+        "quiet_lightning(); L.Trainer(logger=False, enable_checkpointing=False); rank_zero_info('an info notice')\n"
+        "rank_zero_warn('a real warning')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout + result.stderr
+    assert "GPU available" not in out and "an info notice" not in out and "Tip:" not in out
+    assert "a real warning" in out
