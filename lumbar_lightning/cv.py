@@ -59,7 +59,8 @@ def quiet_lightning() -> None:
     builds ~10 Trainers per fold, and the parent prints one line per finished fold instead."""
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning vs torch 2.14
+    # Lightning 2.6's own deprecation notice under torch 2.14, once per Trainer:
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def plan_jobs(cfg: DictConfig, root: Path, raters: list[str], folds: list[int]) -> list[Job]:
