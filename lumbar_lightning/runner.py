@@ -121,7 +121,10 @@ def _trainer(
         if lg_cfg is not None and "_target_" in lg_cfg:
             # W&B runs of a whole CV share one folder (``tracking_dir``); file loggers stay with their fold.
             save_dir = tracking_dir if "Wandb" in lg_cfg._target_ else out_dir / "logs"
-            loggers.append(hydra.utils.instantiate(lg_cfg, save_dir=str(save_dir), name=run_name))
+            # _convert_="all": plain dicts (W&B ignores a DictConfig ``settings``)
+            loggers.append(
+                hydra.utils.instantiate(lg_cfg, save_dir=str(save_dir), name=run_name, _convert_="all")
+            )
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     kwargs.update(OmegaConf.to_container(stage_cfg.trainer, resolve=True) if stage_cfg.get("trainer") else {})
     if cfg.get("debug_trainer"):

@@ -75,13 +75,22 @@ def test_wandb_runs_are_recorded_without_console_output(tmp_path: Path) -> None:
         "    cfg = compose(config_name='train', overrides=['logger=wandb'])\n"
         f"with wandb_run(cfg, 'quiet-run', Path({str(tmp_path)!r}), job_type='test') as run:\n"
         "    run.log({'a': 1.0}); run.summary['b'] = 2.0\n"
+        # and a stage's Lightning WandbLogger, built as every fit builds it
+        "from lumbar_lightning.runner import _trainer; from lumbar_lightning.tracking import finish_active_run\n"
+        f"fit, _ = _trainer(cfg, 'grade', cfg.model.grade, Path({str(tmp_path)!r}), 'val/acc', 'quiet-fit',"
+        f" Path({str(tmp_path)!r}))\n"
+        "fit.loggers[0].log_metrics({'c': 3.0}); finish_active_run()\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "WANDB_MODE": "offline"})  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "wandb:" not in result.stdout + result.stderr
+    # No banner or summary footer. Lightning's WandbLogger always passes `anonymous`, which wandb 0.31 warns about
+    # once per process: that line is the only one left.
+    lines = (result.stdout + result.stderr).splitlines()
+    assert [ln for ln in lines if "wandb:" in ln and "anonymous setting has no effect" not in ln] == []
     runs = offline_runs(tmp_path)
-    assert set(runs) == {"quiet-run"} and runs["quiet-run"]["history"][0]["a"] == 1.0
+    assert set(runs) == {"quiet-run", "quiet-fit"} and runs["quiet-run"]["history"][0]["a"] == 1.0
+    assert runs["quiet-fit"]["history"][0]["c"] == 3.0
 
 
 def test_report_and_figures(tiny_cv: Path) -> None:
