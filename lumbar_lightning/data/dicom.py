@@ -359,8 +359,11 @@ class ImageCache:
     def put(self, sop_instance_uid: str, image: np.ndarray) -> None:
         target = self.image_path(sop_instance_uid)
         tmp = _private_tmp(target)
-        np.save(tmp, image.astype(np.float16, copy=False))
-        os.replace(tmp, target)
+        try:
+            np.save(tmp, image.astype(np.float16, copy=False))
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def has(self, sop_instance_uid: str) -> bool:
         return self.image_path(sop_instance_uid).exists()
