@@ -7,6 +7,7 @@ the number of worker processes.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -182,12 +183,11 @@ def _jitter_box(box: tuple[float, ...], jitter: np.ndarray, size: int) -> list[f
 
 
 def _write_csv(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
 
 
 @dataclass
