@@ -63,7 +63,7 @@ def median_time(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> flo
 
 
 def ab_medians(a: Callable[[], Any], b: Callable[[], Any], rounds: int = 3) -> tuple[float, float]:
-    """Median times of ``a`` and ``b`` measured alternately (A/B/A/B...) after one warm-up of each."""
+    """Median times of ``a`` and ``b`` over ``ab_rounds``' order-alternating pairs (AB, BA, ...)."""
     ta, tb, _ = ab_rounds(a, b, rounds)
     return statistics.median(ta), statistics.median(tb)
 
