@@ -152,6 +152,30 @@ def test_pipeline_chains_stages_on_a_hand_built_case() -> None:
     np.testing.assert_allclose(given[0].box, [0, 0, 10, 10])
 
 
+class _LeftMinusRight(nn.Module):
+    """Logits that see only left-right asymmetry: mirror images get opposite logits."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        d = x[..., :half].mean(dim=(1, 2, 3)) - x[..., half:].mean(dim=(1, 2, 3))
+        return torch.stack([d, -d, 2 * d, 1 + 0 * d], dim=-1)
+
+
+def test_flip_tta_averages_a_patch_and_its_mirror_in_eval_only() -> None:
+    x = torch.zeros(2, 1, 8, 8)
+    x[0, ..., :4] = 1.0  # bright left half: d = +1
+    x[1, ..., 4:] = 0.5  # bright right half: d = -0.5
+    plain, tta = GradeClassifier(width=0.125), GradeClassifier(width=0.125, flip_tta=True)
+    plain.net = tta.net = _LeftMinusRight()
+    plain.eval()
+    tta.eval()
+    np.testing.assert_allclose(plain(x)[:, 0].numpy(), [1.0, -0.5])
+    # Mirror-odd logits cancel; the constant one stays.
+    np.testing.assert_allclose(tta(x).numpy(), [[0, 0, 0, 1], [0, 0, 0, 1]], atol=1e-7)
+    tta.train()  # training sees the patch as sampled (its augmentation flips at random)
+    np.testing.assert_allclose(tta(x)[:, 0].numpy(), [1.0, -0.5])
+
+
 def test_checkpoint_of_another_config_fails_clearly(tmp_path: Path) -> None:
     small = GradeClassifier(width=0.125)
     torch.save({"state_dict": small.state_dict()}, tmp_path / "small.ckpt")

@@ -198,6 +198,7 @@ class PatchClassifier(StageModule):
 
     def __init__(self, width: float = 1.0, batch_norm: bool = True, dropout: float = 0.0,
                  class_prior: list[float] | None = None, prior_correction: bool = True, channels_last: bool = True,
+                 flip_tta: bool = False,
                  optimizer: OptimizerFactory | None = None, scheduler: SchedulerFactory | None = None) -> None:  # fmt: skip
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
@@ -227,7 +228,15 @@ class PatchClassifier(StageModule):
         self.hparams["class_prior"] = [float(c) for c in counts]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        """Logits; in eval mode with ``flip_tta`` the mean over the patch and its mirror image.
+
+        Left and right are symmetric for both tasks (training flips at random), so averaging the two reads halves
+        the variance that comes from where exactly the rootlets happen to lie.
+        """
+        logits = self.net(x)
+        if self.hparams.flip_tta and not self.training:
+            logits = 0.5 * (logits + self.net(torch.flip(x, dims=[-1])))
+        return logits
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
