@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -43,6 +44,22 @@ def _run_job(cfg: DictConfig, job: Job, tracking: Path) -> list[tuple[str, int, 
                 break
         results.append((rater, fold, run_fold(cfg, fold, rater, out, tracking_dir=tracking)))
     return results
+
+
+def end_with_parent(parent: int) -> None:
+    """Worker initializer: the worker ends when ``lumbar-cv`` ends, killed or not. Without it a ``kill`` of
+    lumbar-cv left its workers training the folds they had started (Linux; elsewhere a no-op)."""
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG: SIGTERM to this process when its parent exits
+    if os.getppid() != parent:  # the parent was already gone before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _run_job_in_worker(
@@ -104,7 +121,8 @@ def cross_validate(cfg: DictConfig, root: Path | None = None) -> dict[str, Any]:
             )
         values["threads"] = threads
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=end_with_parent,
+                                 initargs=(os.getpid(),)) as pool:  # fmt: skip
             futures = [
                 pool.submit(_run_job_in_worker, values, job, str(root / "logs"), threads) for job in jobs
             ]

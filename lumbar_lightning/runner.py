@@ -121,6 +121,8 @@ def _trainer(
         if lg_cfg is not None and "_target_" in lg_cfg:
             # W&B runs of a whole CV share one folder (``tracking_dir``); file loggers stay with their fold.
             save_dir = tracking_dir if "Wandb" in lg_cfg._target_ else out_dir / "logs"
+            # W&B reads the git commit from its folder, and warns "git root ... does not exist" when it is missing
+            save_dir.mkdir(parents=True, exist_ok=True)
             # _convert_="all": plain dicts (W&B ignores a DictConfig ``settings``)
             loggers.append(
                 hydra.utils.instantiate(lg_cfg, save_dir=str(save_dir), name=run_name, _convert_="all")

@@ -77,8 +77,9 @@ def test_wandb_runs_are_recorded_without_console_output(tmp_path: Path) -> None:
         "    run.log({'a': 1.0}); run.summary['b'] = 2.0\n"
         # and a stage's Lightning WandbLogger, built as every fit builds it
         "from lumbar_lightning.runner import _trainer; from lumbar_lightning.tracking import finish_active_run\n"
+        # into a folder that does not exist yet, as a CV's first fit finds it ("git root ... does not exist")
         f"fit, _ = _trainer(cfg, 'grade', cfg.model.grade, Path({str(tmp_path)!r}), 'val/acc', 'quiet-fit',"
-        f" Path({str(tmp_path)!r}))\n"
+        f" Path({str(tmp_path / 'cv' / 'logs')!r}))\n"
         "fit.loggers[0].log_metrics({'c': 3.0}); finish_active_run()\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
@@ -223,3 +224,58 @@ def test_cv_workers_keep_lightning_notices_out_of_the_fold_lines(tmp_path: Path)
     out = result.stdout + result.stderr
     assert "GPU available" not in out and "an info notice" not in out and "Tip:" not in out
     assert "a real warning" in out
+
+
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) child processes of ``pid``, from /proc."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
+def test_killing_lumbar_cv_ends_its_workers(tiny_phantom: Path, tmp_path: Path) -> None:
+    """`kill` of lumbar-cv used to leave its workers training their folds on, holding the CPU for minutes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "lumbar_lightning.cv", f"data.data_dir={tiny_phantom}", "logger=none",
+           "cv.workers=2", "threads=1", *TINY_CV, f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    parent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        while len(workers) < 2 and time.monotonic() < deadline and parent.poll() is None:
+            time.sleep(0.2)
+            workers = [
+                p for p in _children(parent.pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()
+            ]
+        assert len(workers) == 2, "the CV never started its two workers"
+        time.sleep(2.0)  # inside their first folds (importing, training)
+        parent.send_signal(signal.SIGTERM)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() and _alive(p) for p in workers):
+            time.sleep(0.2)
+        assert not [p for p in workers if Path(f"/proc/{p}").exists() and _alive(p)]
+        assert not (tmp_path / "run" / "cv_summary.json").exists()  # it was stopped, not finished
+    finally:
+        parent.kill()
+        for p in workers:  # never leave a worker behind, whatever failed
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
