@@ -110,8 +110,9 @@ def stage_inputs(cfg: Any, stage: str, module: StageModule, batch: int | None = 
         }
     size = stage_geometry(cfg, stage).size
     classes = 2 if stage == "rootlet" else 4
+    channels = 2 if module.hparams.get("series_reference") else 1  # a grader's series reference channel
     return {
-        "image": torch.rand(n, 1, size, size, generator=gen),
+        "image": torch.rand(n, channels, size, size, generator=gen),
         "target": torch.randint(0, classes, (n,), generator=gen),
     }
 

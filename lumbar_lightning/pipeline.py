@@ -12,6 +12,7 @@ import torch
 
 from lumbar_lightning.data.datamodules import LEVEL_INDEX
 from lumbar_lightning.data.labels import GRADES
+from lumbar_lightning.data.series import canal_brightness, reference_slices
 from lumbar_lightning.data.transforms import PatchGeometry, resize_image, scale_boxes
 from lumbar_lightning.models.stages import CanalDetector, GradeClassifier, RootletClassifier
 
@@ -87,38 +88,53 @@ class Pipeline:
         return np.stack(boxes), np.concatenate(scores)
 
     @torch.no_grad()
-    def classify(
-        self, images: Sequence[np.ndarray], boxes: np.ndarray, pixel_mm: Sequence[float] | None = None
-    ) -> dict[str, np.ndarray]:
-        """Rootlet probability and grade probabilities (corrected and balanced) for each image's box."""
+    def classify(self, images: Sequence[np.ndarray], boxes: np.ndarray, pixel_mm: Sequence[float] | None = None,
+                 series: Sequence[Any] | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+        """Rootlet probability and grade probabilities (corrected and balanced) for each image's box.
+
+        A grader with ``series_reference`` also sees each slice's series reference (``reference_slices`` on the
+        patches' ``canal_brightness`` and the rootlet calls); ``series`` groups the images (default: one series).
+        """
         spacing = list(pixel_mm) if pixel_mm is not None else [None] * len(images)
 
-        def cut(geometry: PatchGeometry) -> torch.Tensor:
+        def cut(geometry: PatchGeometry, which: Sequence[int] | None = None, scale: np.ndarray | None = None):
+            which = range(len(images)) if which is None else which
             patches = [
-                geometry.crop(im, box, 1.0, mm) for im, box, mm in zip(images, boxes, spacing, strict=True)
+                geometry.crop(
+                    images[j], boxes[j], 1.0, spacing[j], scale_box=None if scale is None else scale[i]
+                )
+                for i, j in enumerate(which)
             ]
             return torch.from_numpy(np.stack(patches))[:, None].to(self.device)
 
         level_in = cut(self.patch)
+        rootlet = torch.cat([
+            self.rootlet.class_log_probs(self.rootlet(level_in[start : start + self.batch_size])).exp()
+            for start in range(0, len(level_in), self.batch_size)
+        ])[:, LEVEL_INDEX["rootlet"]].cpu().numpy()  # fmt: skip
         grade_in = level_in if self.grade_patch == self.patch else cut(self.grade_patch)
-        rootlet, corrected, balanced = [], [], []
-        for start in range(0, len(level_in), self.batch_size):
-            x = level_in[start : start + self.batch_size]
-            rootlet.append(self.rootlet.class_log_probs(self.rootlet(x)).exp()[:, LEVEL_INDEX["rootlet"]])
+        if self.grade.hparams.series_reference:
+            groups = np.zeros(len(images)) if series is None else np.asarray(series)
+            refs = reference_slices(groups, canal_brightness(grade_in[:, 0].cpu().numpy()), rootlet >= 0.5)
+            grade_in = torch.cat([grade_in, cut(self.grade_patch, refs, scale=boxes)], dim=1)
+        corrected, balanced = [], []
+        for start in range(0, len(grade_in), self.batch_size):
             logits = self.grade(grade_in[start : start + self.batch_size])
             corrected.append(self.grade.class_log_probs(logits).exp())
             balanced.append(self.grade.class_log_probs(logits, adjust=False).exp())
         return {
-            "rootlet_prob": torch.cat(rootlet).cpu().numpy(),
+            "rootlet_prob": rootlet,
             "grade_probs": torch.cat(corrected).cpu().numpy(),
             "grade_probs_balanced": torch.cat(balanced).cpu().numpy(),
         }
 
     def predict(self, images: Sequence[np.ndarray], boxes: np.ndarray | None = None,
-                pixel_mm: Sequence[float] | None = None) -> list[Prediction]:  # fmt: skip
+                pixel_mm: Sequence[float] | None = None, series: Sequence[Any] | None = None) -> list[Prediction]:  # fmt: skip
         """Chained predictions; pass ``boxes`` to classify given boxes instead of detected ones.
 
-        ``pixel_mm`` (the images' pixel spacing) is needed when patches are cut at a fixed size in millimetres.
+        ``pixel_mm`` (the images' pixel spacing) is needed when patches are cut at a fixed size in millimetres;
+        ``series`` (a series id per image) when the images come from several series and the grader uses a
+        series reference.
         """
         if not len(images):
             return []
@@ -126,7 +142,7 @@ class Pipeline:
             boxes, scores = self.detect(images)
         else:
             scores = np.ones(len(images), dtype=np.float32)
-        out = self.classify(images, np.asarray(boxes, dtype=np.float32), pixel_mm)
+        out = self.classify(images, np.asarray(boxes, dtype=np.float32), pixel_mm, series)
         return [
             Prediction.decide(
                 boxes[i],

@@ -281,6 +281,7 @@ def run_fold(
         stage_cfg = cfg.model[stage]
         dm = PatchDataModule(task=stage, patch=geometry[stage], balanced=stage_cfg.balanced,
                              samples_per_epoch=stage_cfg.get("samples_per_epoch"),
+                             series_reference=module.hparams.series_reference,
                              **_data_kwargs(cfg, fold, rater, stage_cfg))  # fmt: skip
         dm.setup()
         module.set_class_prior(dm.class_counts("train"))
@@ -402,14 +403,16 @@ def predict_test_images(pipeline: Pipeline, dataset: LumbarDataset, patients: np
     frame["vertebral_level"] = frame["sop_instance_uid"].map(vertebral).fillna("")
     pixels = [dataset.cache.get(uid) for uid in uids]
     spacing = images.loc[uids, "pixel_spacing_col"].astype(float).tolist()
-    chained = pd.DataFrame([p.as_row() for p in pipeline.predict(pixels, pixel_mm=spacing)])
+    series = images.loc[uids, "series_instance_uid"].to_numpy()
+    chained = pd.DataFrame([p.as_row() for p in pipeline.predict(pixels, pixel_mm=spacing, series=series)])
     frame = pd.concat([frame, chained], axis=1)
     own = dataset.labels.for_rater(rater)
     has_box = [uid in own.index for uid in uids]
     if any(has_box):
         idx = [i for i, h in enumerate(has_box) if h]
         boxes = own.loc[[uids[i] for i in idx], ["x_min", "y_min", "x_max", "y_max"]].to_numpy(np.float32)
-        gt = pipeline.predict([pixels[i] for i in idx], boxes=boxes, pixel_mm=[spacing[i] for i in idx])
+        gt = pipeline.predict([pixels[i] for i in idx], boxes=boxes, pixel_mm=[spacing[i] for i in idx],
+                              series=series[idx])  # fmt: skip
         frame["gt_box_level"] = ""
         frame["gt_box_grade"] = ""
         frame.loc[idx, "gt_box_level"] = [p.level for p in gt]

@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 from lumbar_lightning.data.dataset import LumbarDataset
 from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.data.folds import SPLITS, StratifiedPatientFolds
-from lumbar_lightning.data.labels import GRADES
+from lumbar_lightning.data.labels import BOX_COLUMNS, GRADES
+from lumbar_lightning.data.series import canal_brightness, reference_slices
 from lumbar_lightning.data.transforms import (
     AugmentConfig,
     PaperAugment,
@@ -31,6 +32,7 @@ from lumbar_lightning.data.transforms import (
 LEVEL_INDEX = {"cord": 0, "rootlet": 1}
 GRADE_INDEX = {g: i for i, g in enumerate(GRADES)}
 TASKS = ("rootlet", "grade")
+BOX = list(BOX_COLUMNS)
 
 _DATASETS: dict[tuple[str, str, str], LumbarDataset] = {}
 
@@ -141,13 +143,14 @@ class CanalPatches(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         i, aug_seed = item_seed(self.seed, key)
-        patch = self.patches[i]
+        # (H, W), or (C, H, W) with a series reference: every channel gets the same warp and noise draw
+        channels = self.patches[i] if self.patches.ndim == 4 else self.patches[i][None]
         if self.augment is not None:  # the warp also cuts the training context back to the patch size
-            patch = self.augment(patch, aug_seed, out_size=self.geometry.size)[0]
+            channels = [self.augment(c, aug_seed, out_size=self.geometry.size)[0] for c in channels]
         else:
-            patch = self.geometry.center_crop(patch)
+            channels = [self.geometry.center_crop(c) for c in channels]
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(patch, dtype=np.float32))[None],
+            "image": torch.from_numpy(np.ascontiguousarray(np.stack(channels), dtype=np.float32)),
             "target": int(self.targets[i]),
             "sop_instance_uid": self.uids[i],
         }
@@ -281,19 +284,39 @@ class PatchDataModule(LumbarDataModule):
     """Canal patches for the rootlet/cord classifier (all slices) or the grader (rootlet slices with a grade).
 
     ``balanced`` draws classes equally often (the paper's weighted sampling); ``samples_per_epoch`` sets how
-    many patches an epoch draws (default: the training set's size).
+    many patches an epoch draws (default: the training set's size). ``series_reference`` adds a second channel:
+    the series' reference slice (``reference_slices``, from the rater's levels and boxes) cut at the scale of
+    the patch it accompanies.
     """
 
     def __init__(self, task: str = "grade", patch: dict[str, Any] | PatchGeometry | None = None,
-                 balanced: bool = True, samples_per_epoch: int | None = None, **kwargs: Any) -> None:  # fmt: skip
+                 balanced: bool = True, samples_per_epoch: int | None = None, series_reference: bool = False,
+                 **kwargs: Any) -> None:  # fmt: skip
         super().__init__(**kwargs)
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         self.task = task
         self.geometry = patch if isinstance(patch, PatchGeometry) else PatchGeometry(**(patch or {}))
         self.balanced, self.samples_per_epoch = balanced, samples_per_epoch
+        self.series_reference = series_reference
 
     def select(self, rows: pd.DataFrame) -> pd.DataFrame:
+        if self.series_reference:  # chosen among all the series' labelled slices, before the task's filter
+            assert self.dataset is not None
+            series = rows["sop_instance_uid"].map(
+                self.dataset.images.set_index("sop_instance_uid")["series_instance_uid"]
+            )
+            own = np.stack([  # each slice cut at its own box, as evaluation sees it (cached for later folds)
+                self.dataset.patch(uid, tuple(box), self.geometry, 1.0)
+                for uid, box in zip(rows["sop_instance_uid"], rows[BOX].to_numpy(dtype=float), strict=True)
+            ])  # fmt: skip
+            refs = reference_slices(
+                series.to_numpy(), canal_brightness(own), (rows["level"] == "rootlet").to_numpy()
+            )
+            rows = rows.assign(
+                ref_uid=rows["sop_instance_uid"].to_numpy()[refs],
+                **{f"ref_{c}": rows[c].to_numpy()[refs] for c in BOX},
+            )
         if self.task == "grade":
             rows = rows[(rows["level"] == "rootlet") & (rows["grade"] != "")]
         return rows.reset_index(drop=True)
@@ -310,10 +333,18 @@ class PatchDataModule(LumbarDataModule):
     def build(self, rows: pd.DataFrame, augment: PaperAugment | None) -> Dataset:
         assert self.dataset is not None
         context = 1.35 if augment is not None else 1.0
+        boxes = rows[BOX].to_numpy(dtype=float)
         patches = np.stack([
-            self.dataset.patch(r.sop_instance_uid, (r.x_min, r.y_min, r.x_max, r.y_max), self.geometry, context)
-            for r in rows.itertuples()
+            self.dataset.patch(uid, tuple(box), self.geometry, context)
+            for uid, box in zip(rows["sop_instance_uid"], boxes, strict=True)
         ])  # fmt: skip
+        if self.series_reference:
+            refs = np.stack([
+                self.dataset.patch(uid, tuple(ref), self.geometry, context, scale_box=tuple(box))
+                for uid, ref, box in zip(rows["ref_uid"], rows[[f"ref_{c}" for c in BOX]].to_numpy(dtype=float),
+                                         boxes, strict=True)
+            ])  # fmt: skip
+            patches = np.stack([patches, refs], axis=1)
         return CanalPatches(
             patches,
             self.targets(rows),

@@ -84,15 +84,29 @@ class LumbarDataset:
         return self._resized[key]
 
     def patch(
-        self, sop_instance_uid: str, box: tuple[float, ...], geometry: PatchGeometry, context: float
+        self,
+        sop_instance_uid: str,
+        box: tuple[float, ...],
+        geometry: PatchGeometry,
+        context: float,
+        scale_box: tuple[float, ...] | None = None,
     ) -> np.ndarray:
         """A canal patch of the cached image, kept in memory (float32, as the ``Pipeline`` cuts it): every fold that
         cuts the same box with the same geometry (one rater's box, in 10 folds) reuses it."""
-        key = (sop_instance_uid, tuple(box), astuple(geometry), context)
+        key = (
+            sop_instance_uid,
+            tuple(box),
+            astuple(geometry),
+            context,
+            None if scale_box is None else tuple(scale_box),
+        )
         if key not in self._patches:
             pixel_mm = float(self.pixel_spacing[sop_instance_uid])
             image = self.cache.get(sop_instance_uid)
-            self._patches[key] = geometry.crop(image, np.asarray(box), context, pixel_mm=pixel_mm)
+            self._patches[key] = geometry.crop(
+                image, np.asarray(box), context, pixel_mm=pixel_mm,
+                scale_box=None if scale_box is None else np.asarray(scale_box),
+            )  # fmt: skip
         return self._patches[key]
 
     @cached_property

@@ -5,6 +5,9 @@ study. Each series is judged on its own tags (ImageType, orientation from ImageO
 description, echo time); the study keeps one axial series, the most T2-like, then the one with most slices.
 Every other series is excluded with a reason that the ingest report and ``lumbar-predict`` print. Axial series
 that share the chosen one's description (angled blocks exported as separate series) are kept with it.
+
+``reference_slices`` gives the grader its series context (``series_reference``): each slice's reference is the
+series' brightest (freest) rootlet-level canal, the patient's own measure of a free canal.
 """
 
 from __future__ import annotations
@@ -112,3 +115,38 @@ def select_series(
     )
     kept = kept.assign(_order=order).sort_values(["patient", "series_instance_uid", "_order", "frame"])
     return kept.drop(columns="_order").reset_index(drop=True), decisions
+
+
+def canal_brightness(patches: np.ndarray) -> np.ndarray:
+    """Mean signal of the central half (per side) of each canal patch, (N, H, W) -> (N,).
+
+    On T2 the free dural sac is bright cerebrospinal fluid; stenosis shrinks it and fills it with intermediate
+    signal. So the brightest canal of a series is a free one, found the same way on a rater's box and on a
+    detected one (on the demo phantom it tracks the sac area at r = 0.72-0.96 per patient on detected boxes,
+    where the detected box area, anti-correlated for some patients, did not).
+    """
+    patches = np.asarray(patches, dtype=np.float32)
+    h, w = patches.shape[-2:]
+    return patches[..., h // 4 : h - h // 4, w // 4 : w - w // 4].mean(axis=(-2, -1))
+
+
+def reference_slices(series: np.ndarray, brightness: np.ndarray, rootlet: np.ndarray) -> np.ndarray:
+    """Index of each slice's reference: the slice of its series with the brightest canal (``canal_brightness``)
+    among the series' rootlet-level slices (among all its slices when it has none).
+
+    Why: how stenotic a canal is depends on how large this patient's canal is where it is free; one slice cut at
+    its own box's scale has lost that.
+    """
+    series = np.asarray(series)
+    brightness = np.asarray(brightness, dtype=np.float64)
+    rootlet = np.asarray(rootlet, dtype=bool)
+    if not len(series) == len(brightness) == len(rootlet):
+        raise ValueError(
+            f"series, brightness and rootlet differ in length: {len(series)}, {len(brightness)}, {len(rootlet)}"
+        )
+    refs = np.empty(len(series), dtype=np.int64)
+    for key in pd.unique(series):
+        members = np.flatnonzero(series == key)
+        pool = members[rootlet[members]] if rootlet[members].any() else members
+        refs[members] = pool[int(np.argmax(brightness[pool]))]
+    return refs

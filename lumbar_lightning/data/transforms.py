@@ -39,8 +39,15 @@ class PatchGeometry:
     field_mm: float | None = None
 
     def crop(
-        self, image: np.ndarray, box: np.ndarray, context: float | None = None, pixel_mm: float | None = None
+        self,
+        image: np.ndarray,
+        box: np.ndarray,
+        context: float | None = None,
+        pixel_mm: float | None = None,
+        scale_box: np.ndarray | None = None,
     ) -> np.ndarray:
+        """The patch centred on ``box``; its scale comes from ``scale_box`` when given (default ``box``): a series
+        reference is cut at the scale of the slice it accompanies, so the two canals compare in size."""
         context = self.context if context is None else context
         x0, y0, x1, y1 = (float(v) for v in box)
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
@@ -49,7 +56,8 @@ class PatchGeometry:
                 raise ValueError("PatchGeometry.field_mm needs the image's pixel spacing")
             half = self.field_mm / pixel_mm / 2 * context
         else:
-            half = max(x1 - x0, y1 - y0) * (0.5 + self.margin) * context
+            sx0, sy0, sx1, sy1 = (float(v) for v in (box if scale_box is None else scale_box))
+            half = max(sx1 - sx0, sy1 - sy0) * (0.5 + self.margin) * context
         half = max(half, 2.0)
         out = round(self.size * context)
         # Affine crop: maps [cx-half, cx+half] to [0, out]; pixels outside the image read as 0.

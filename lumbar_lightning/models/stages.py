@@ -198,13 +198,15 @@ class PatchClassifier(StageModule):
 
     def __init__(self, width: float = 1.0, batch_norm: bool = True, dropout: float = 0.0,
                  class_prior: list[float] | None = None, prior_correction: bool = True, channels_last: bool = True,
-                 flip_tta: bool = False,
+                 flip_tta: bool = False, series_reference: bool = False,
                  optimizer: OptimizerFactory | None = None, scheduler: SchedulerFactory | None = None) -> None:  # fmt: skip
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        # series_reference: a second input channel, the series' reference slice (PatchDataModule, Pipeline)
         self.net = CanalVGG(
-            self.num_outputs, width=width, batch_norm=batch_norm, dropout=dropout, channels_last=channels_last
-        )
+            self.num_outputs, width=width, in_channels=2 if series_reference else 1, batch_norm=batch_norm,
+            dropout=dropout, channels_last=channels_last,
+        )  # fmt: skip
         metrics = classification_metrics(len(self.class_names))
         # ModuleDict keys cannot be "train" (an nn.Module method), hence the suffix.
         self.metrics = nn.ModuleDict(
