@@ -5,10 +5,13 @@ A fold whose ``metrics.json`` exists is skipped, so re-running the same command 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import multiprocessing
 import os
+import signal
+import sys
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -49,13 +52,8 @@ def _run_job(cfg: DictConfig, job: Job, tracking: Path) -> list[tuple[str, int, 
 def end_with_parent(parent: int) -> None:
     """Worker initializer: the worker ends when ``lumbar-cv`` ends, killed or not. Without it a ``kill`` of
     lumbar-cv left its workers training the folds they had started (Linux; elsewhere a no-op)."""
-    import signal
-    import sys
-
     if not sys.platform.startswith("linux"):
         return
-    import ctypes
-
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG: SIGTERM to this process when its parent exits
     if os.getppid() != parent:  # the parent was already gone before prctl took effect

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 import torch
 from conftest import TINY_CV
@@ -164,13 +165,9 @@ def test_a_series_reference_fold_trains_and_lumbar_predict_reproduces_its_test_p
     )  # fmt: skip
     assert train.returncode == 0, train.stderr[-3000:]
     fold = run / "A1" / "fold_0"
-    if not fold.exists():  # lumbar-train writes the fold into the run folder itself
-        fold = run
     cv_preds = pd.read_csv(fold / "predictions.csv", keep_default_na=False)
     patient_dirs = sorted((tiny_phantom / "dicom").iterdir())
     uids = set(cv_preds["sop_instance_uid"])
-    import pydicom
-
     source = next(d for d in patient_dirs if pydicom.dcmread(next(d.glob("*.dcm"))).SOPInstanceUID in uids)
     out = tmp_path / "out"
     result = subprocess.run(

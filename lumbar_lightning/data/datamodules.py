@@ -50,9 +50,9 @@ def load_dataset(
 def fold_rows(
     dataset: LumbarDataset, folds: StratifiedPatientFolds, fold: int, rater: str
 ) -> dict[str, pd.DataFrame]:
-    """The rater's label rows per split of ``fold``, joined with each image's patient and size."""
+    """The rater's label rows per split of ``fold``, joined with each image's patient, series and size."""
     labels = dataset.labels.for_rater(rater).reset_index(drop=True)
-    meta = dataset.images.set_index("sop_instance_uid")[["patient", "rows", "columns"]]
+    meta = dataset.images.set_index("sop_instance_uid")[["patient", "series_instance_uid", "rows", "columns"]]
     labels = labels.join(meta, on="sop_instance_uid")
     split = folds.split(fold)
     return {name: labels[labels["patient"].isin(split[name])].reset_index(drop=True) for name in SPLITS}
@@ -303,15 +303,14 @@ class PatchDataModule(LumbarDataModule):
     def select(self, rows: pd.DataFrame) -> pd.DataFrame:
         if self.series_reference:  # chosen among all the series' labelled slices, before the task's filter
             assert self.dataset is not None
-            series = rows["sop_instance_uid"].map(
-                self.dataset.images.set_index("sop_instance_uid")["series_instance_uid"]
-            )
             own = np.stack([  # each slice cut at its own box, as evaluation sees it (cached for later folds)
                 self.dataset.patch(uid, tuple(box), self.geometry, 1.0)
                 for uid, box in zip(rows["sop_instance_uid"], rows[BOX].to_numpy(dtype=float), strict=True)
             ])  # fmt: skip
             refs = reference_slices(
-                series.to_numpy(), canal_brightness(own), (rows["level"] == "rootlet").to_numpy()
+                rows["series_instance_uid"].to_numpy(),
+                canal_brightness(own),
+                (rows["level"] == "rootlet").to_numpy(),
             )
             rows = rows.assign(
                 ref_uid=rows["sop_instance_uid"].to_numpy()[refs],
