@@ -11,8 +11,11 @@ from typing import Any
 
 from lumbar_lightning.data.errors import DataContractError
 
-#: The top-level ``conf/`` folder (the package is installed editable, so it sits beside the package).
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+#: The config tree ships inside the package (``lumbar_lightning/conf``), so a wheel carries it; entry points
+#: resolve it as ``pkg://`` and users add their own with ``--config-dir`` or ``hydra.searchpath``.
+CONF_PATH = "pkg://lumbar_lightning.conf"
+#: The same tree as a folder (Hydra's ``initialize_config_dir`` in tests and tools).
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 
 log = logging.getLogger("lumbar_lightning")
 

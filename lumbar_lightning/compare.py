@@ -7,7 +7,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from lumbar_lightning.cli import CONF_DIR, exit_on_contract_error, log, output_dir
+from lumbar_lightning.cli import CONF_PATH, exit_on_contract_error, log, output_dir
 from lumbar_lightning.evaluation.compare import write_comparison
 
 
@@ -24,7 +24,7 @@ def compare(cfg: DictConfig) -> dict:
     return result
 
 
-@hydra.main(config_path=CONF_DIR, config_name="compare", version_base="1.3")
+@hydra.main(config_path=CONF_PATH, config_name="compare", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     compare(cfg)
 

@@ -22,9 +22,9 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lumbar_lightning.cli import CONF_DIR, exit_on_contract_error, log, output_dir
-from lumbar_lightning.data.dicom import atomic_write_text
+from lumbar_lightning.cli import CONF_PATH, exit_on_contract_error, log, output_dir
 from lumbar_lightning.evaluation.report import write_cv_report
+from lumbar_lightning.io import atomic_write_text
 from lumbar_lightning.runner import consensus_detector, prepare_data, run_fold, share_detector
 from lumbar_lightning.tracking import wandb_run, wandb_settings
 from lumbar_lightning.train import fold_line
@@ -50,14 +50,18 @@ def _run_job(cfg: DictConfig, job: Job, tracking: Path) -> list[tuple[str, int, 
 
 
 def end_with_parent(parent: int) -> None:
-    """Worker initializer: the worker ends when ``lumbar-cv`` ends, killed or not. Without it a ``kill`` of
-    lumbar-cv left its workers training the folds they had started (Linux; elsewhere a no-op)."""
+    """Worker initializer: the worker ends when ``lumbar-cv`` ends, killed or not (Linux; elsewhere a no-op).
+
+    SIGKILL, not SIGTERM: inside a fit Lightning catches SIGTERM and turns it into an exception, which the pool's
+    worker loop catches too; the orphaned worker then trained the next queued fold into the same run folder while
+    the resumed run trained it as well. A killed worker stops where it is, which resuming is built for.
+    """
     if not sys.platform.startswith("linux"):
         return
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG: SIGTERM to this process when its parent exits
+    libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG: SIGKILL to this process when its parent exits
     if os.getppid() != parent:  # the parent was already gone before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _run_job_in_worker(
@@ -194,7 +198,7 @@ def log_summary_run(cfg: DictConfig, root: Path, summary: dict[str, Any]) -> Non
             )
 
 
-@hydra.main(config_path=CONF_DIR, config_name="cv", version_base="1.3")
+@hydra.main(config_path=CONF_PATH, config_name="cv", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     cross_validate(cfg)
 

@@ -8,10 +8,10 @@ import time
 import hydra
 from omegaconf import DictConfig
 
-from lumbar_lightning.cli import CONF_DIR, exit_on_contract_error, log, output_dir
+from lumbar_lightning.cli import CONF_PATH, exit_on_contract_error, log, output_dir
 from lumbar_lightning.data.dataset import LumbarDataset
-from lumbar_lightning.data.dicom import atomic_write_text
 from lumbar_lightning.data.errors import DataContractError
+from lumbar_lightning.io import atomic_write_text
 
 
 def summary_lines(report: dict) -> list[str]:
@@ -52,7 +52,7 @@ def ingest(cfg: DictConfig) -> dict:
     return report
 
 
-@hydra.main(config_path=CONF_DIR, config_name="ingest", version_base="1.3")
+@hydra.main(config_path=CONF_PATH, config_name="ingest", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     ingest(cfg)
 

@@ -25,12 +25,13 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from lumbar_lightning.cli import CONF_DIR, exit_on_contract_error, log, output_dir
-from lumbar_lightning.data.dicom import ImageCache, atomic_write_text, scan_dicom
+from lumbar_lightning.cli import CONF_PATH, exit_on_contract_error, log, output_dir
+from lumbar_lightning.data.dicom import ImageCache, scan_dicom
 from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.data.labels import GRADES
 from lumbar_lightning.data.series import select_series
 from lumbar_lightning.data.transforms import PatchGeometry
+from lumbar_lightning.io import atomic_write_text
 from lumbar_lightning.models.stages import CanalDetector, GradeClassifier, RootletClassifier, StageModule
 from lumbar_lightning.pipeline import Pipeline, Prediction, load_stage_weights
 
@@ -173,6 +174,21 @@ def overlay_png(image: np.ndarray, row: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def input_folder(cfg: DictConfig) -> Path:
+    """``input=`` (any DICOM folder), else ``data_dir=``'s ``dicom/`` (a data set in the contract)."""
+    if cfg.get("input"):
+        source = Path(cfg.input)
+    elif cfg.get("data_dir"):
+        source = (
+            Path(cfg.data_dir) / "dicom" if (Path(cfg.data_dir) / "dicom").is_dir() else Path(cfg.data_dir)
+        )
+    else:
+        raise DataContractError("nothing to grade: give input=DICOM_FOLDER or data_dir=DATASET")
+    if not source.is_dir():
+        raise DataContractError(f"input {source} is not a folder")
+    return source
+
+
 @exit_on_contract_error
 def predict(cfg: DictConfig, out_dir: Path | None = None) -> pd.DataFrame:
     """Run the pipeline on ``cfg.input``; returns the per-image predictions (also written to ``out_dir``)."""
@@ -183,9 +199,7 @@ def predict(cfg: DictConfig, out_dir: Path | None = None) -> pd.DataFrame:
     folds = fold_dirs(Path(cfg.run_dir), cfg.rater, cfg.get("fold"))
     model = Ensemble([load_fold_pipeline(d, cfg.device, cfg.get("batch_size")) for d in folds])
     log.info(f"pipeline: {len(folds)} fold(s) of rater {cfg.rater}: {', '.join(d.name for d in folds)}")
-    source = Path(cfg.input)
-    if not source.is_dir():
-        raise DataContractError(f"input {source} is not a folder")
+    source = input_folder(cfg)
     with tempfile.TemporaryDirectory(
         prefix="lumbar-predict-"
     ) as tmp:  # decoded images; the input stays untouched
@@ -260,7 +274,7 @@ def _known_levels(path: str | None) -> dict[str, str]:
     return {k: v for k, v in zip(keys, table["vertebral_level"], strict=True) if v}
 
 
-@hydra.main(config_path=CONF_DIR, config_name="predict", version_base="1.3")
+@hydra.main(config_path=CONF_PATH, config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     predict(cfg)
 

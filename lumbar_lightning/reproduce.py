@@ -1,67 +1,101 @@
-"""``make reproduce FOLD=k``: train one fold again and diff its ``metrics.json`` against a recorded one.
+"""``lumbar-reproduce`` (``make reproduce FOLD=k``): train one fold again and compare it with the recorded reference.
 
-Deterministic CPU training (``trainer.deterministic=true``, a seed, a fixed thread count) gives the same numbers
-bit for bit, so any difference is a regression, a changed dependency or a changed config; the exit status is 1
-then, with every differing entry listed. Timing fields are the only ones not compared.
+Pinned numerics (``lumbar_lightning.engine.numerics``) make a fold's numbers a function of the locked
+environment, so the comparison depends on the environment fingerprints:
 
-``python -m lumbar_lightning.reproduce experiment=demo data.fold=3 data.rater=A1 reference=experiments/demo/reference``
+- the ``numerics`` parts match (packages, Python, numerics mode, kernel capabilities, threads): bit for bit;
+  any difference fails;
+- they differ: the differing fields are named, and each headline result must lie within the 99% prediction
+  interval for one more seed, from the values recorded for several seeds with the reference (``spread.json``):
+  a change of library or machine may move a result no more than a change of seed does. Entries that did not move
+  across seeds (split sizes) must match exactly.
+
+Timing fields and the environment itself are never compared as results. The exit status is 1 on failure, with
+every differing entry listed.
+
+Recording (see ``experiments/demo/README.md``):
+``lumbar-reproduce record=RUN_DIR`` copies a finished run's folds and environment into ``reference``;
+``lumbar-reproduce spread='[RUN_SEED0,RUN_SEED1,...]'`` records each entry's value in every run of the fold
+they share.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from lumbar_lightning.cli import CONF_DIR, exit_on_contract_error, log, output_dir
-from lumbar_lightning.data.dicom import atomic_write_text
+from lumbar_lightning.cli import CONF_PATH, exit_on_contract_error, log, output_dir
 from lumbar_lightning.data.errors import DataContractError
+from lumbar_lightning.engine.numerics import differing_fields, fingerprint
+from lumbar_lightning.io import atomic_write_text
 from lumbar_lightning.runner import run_fold
 
-#: Fields that measure the machine, not the result.
-TIMING_FIELDS = frozenset({"seconds", "fit_seconds"})
+#: Fields that describe the machine and the environment, not the result (the environment is compared on its own).
+NOT_COMPARED = frozenset({"seconds", "fit_seconds", "environment"})
+ENVIRONMENT_FILE = "environment.json"
+SPREAD_FILE = "spread.json"
 
 
 def comparable(tree: Any) -> Any:
-    """The metrics without timing fields (what a recorded reference keeps)."""
+    """The metrics without timing and environment fields (what a recorded reference keeps)."""
     if isinstance(tree, dict):
-        return {k: comparable(v) for k, v in tree.items() if k not in TIMING_FIELDS}
+        return {k: comparable(v) for k, v in tree.items() if k not in NOT_COMPARED}
     if isinstance(tree, list):
         return [comparable(v) for v in tree]
     return tree
 
 
-def diff_metrics(expected: Any, actual: Any, path: str = "") -> list[str]:
-    """Every entry that differs, as ``path: expected -> actual`` (NaN equals NaN; no tolerance)."""
-    if isinstance(expected, dict) and isinstance(actual, dict):
-        out = []
-        for key in sorted(set(expected) | set(actual), key=str):
-            where = f"{path}/{key}" if path else str(key)
-            if key not in actual:
-                out.append(f"{where}: {expected[key]!r} -> missing")
-            elif key not in expected:
-                out.append(f"{where}: missing -> {actual[key]!r}")
-            else:
-                out += diff_metrics(expected[key], actual[key], where)
-        return out
-    if isinstance(expected, list) and isinstance(actual, list) and len(expected) == len(actual):
-        return [
-            d
-            for i, (e, a) in enumerate(zip(expected, actual, strict=True))
-            for d in diff_metrics(e, a, f"{path}[{i}]")
-        ]
-    both_nan = (
-        isinstance(expected, float)
-        and isinstance(actual, float)
-        and math.isnan(expected)
-        and math.isnan(actual)
-    )
-    return [] if expected == actual or both_nan else [f"{path}: {expected!r} -> {actual!r}"]
+def leaves(tree: Any, path: str = "") -> dict[str, Any]:
+    """Every leaf as ``a/b[0][1]`` (the paths ``diff_metrics`` prints)."""
+    if isinstance(tree, dict):
+        return {
+            k: v
+            for key, sub in tree.items()
+            for k, v in leaves(sub, f"{path}/{key}" if path else str(key)).items()
+        }
+    if isinstance(tree, list):
+        return {k: v for i, sub in enumerate(tree) for k, v in leaves(sub, f"{path}[{i}]").items()}
+    return {path: tree}
+
+
+def _same(expected: Any, actual: Any, tolerance: float = 0.0) -> bool:
+    both_numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (expected, actual))
+    if not both_numbers:
+        return expected == actual
+    if math.isnan(expected) or math.isnan(actual):
+        return math.isnan(expected) and math.isnan(actual)
+    return expected == actual or abs(expected - actual) <= tolerance
+
+
+def diff_metrics(expected: Any, actual: Any, tolerance: dict[str, float] | None = None) -> list[str]:
+    """Every entry that differs, as ``path: expected -> actual`` (NaN equals NaN). With ``tolerance`` (path ->
+    allowed absolute difference), only those paths are compared, each within its own allowance."""
+    a, b = leaves(expected), leaves(actual)
+    paths = sorted(set(a) | set(b))
+    if tolerance is not None:  # a changed environment: judged entries only, each within its interval
+        paths = [p for p in paths if p in tolerance or (judged(p) and not (p in a and p in b))]
+    tolerance = tolerance or {}
+    out = []
+    for path in paths:
+        if path not in b:
+            out.append(f"{path}: {a[path]!r} -> missing")
+        elif path not in a:
+            out.append(f"{path}: missing -> {b[path]!r}")
+        elif not _same(a[path], b[path], tolerance.get(path, 0.0)):
+            allowed = (
+                f" (allowed +-{tolerance[path]:.4g}, from the seed-to-seed spread)"
+                if path in tolerance
+                else ""
+            )
+            out.append(f"{path}: {a[path]!r} -> {b[path]!r}{allowed}")
+    return out
 
 
 def reference_file(reference: Path, rater: str, fold: int) -> Path:
@@ -77,44 +111,145 @@ def reference_file(reference: Path, rater: str, fold: int) -> Path:
     raise DataContractError(f"no recorded metrics for rater {rater} fold {fold} under {reference}")
 
 
+def _fold_metrics(run_dir: Path) -> dict[tuple[str, int], dict[str, Any]]:
+    return {
+        (m.parent.parent.name, int(m.parent.name.removeprefix("fold_"))): json.loads(m.read_text())
+        for m in sorted(Path(run_dir).glob("*/fold_*/metrics.json"))
+    }
+
+
 def record_reference(run_dir: Path, reference: Path) -> int:
-    """Copy every fold's metrics (timings dropped) from a finished run into ``reference``; returns the count."""
-    count = 0
-    for metrics in sorted(Path(run_dir).glob("*/fold_*/metrics.json")):
-        target = Path(reference) / metrics.parent.parent.name / f"{metrics.parent.name}.json"
+    """Copy every fold's metrics (timings dropped) and the run's environment from a finished run into
+    ``reference``; returns the number of folds."""
+    folds = _fold_metrics(run_dir)
+    for (rater, fold), metrics in folds.items():
+        target = Path(reference) / rater / f"fold_{fold}.json"
         target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(
-            target, json.dumps(comparable(json.loads(metrics.read_text())), indent=1, sort_keys=True)
-        )
-        count += 1
-    return count
+        atomic_write_text(target, json.dumps(comparable(metrics), indent=1, sort_keys=True))
+    environments = [m["environment"] for m in folds.values() if "environment" in m]
+    if environments:
+        atomic_write_text(Path(reference) / ENVIRONMENT_FILE, json.dumps(environments[0], indent=1))
+    return len(folds)
+
+
+def _run_seed(run_dir: Path) -> int | None:
+    config = Path(run_dir) / ".hydra" / "config.yaml"
+    return int(OmegaConf.load(config).seed) if config.is_file() else None
+
+
+def record_spread(run_dirs: list[Path], reference: Path) -> dict[str, Any]:
+    """Every numeric entry's value in each of several runs of the same fold(s) with different seeds, per rater
+    (the first shared fold of each), written to ``<reference>/spread.json``."""
+    runs = [_fold_metrics(d) for d in run_dirs]
+    shared = sorted(set.intersection(*(set(r) for r in runs)))
+    if len(runs) < 3 or not shared:
+        raise DataContractError("spread needs three or more runs of the same fold (different seeds)")
+    values: dict[str, dict[str, list[float]]] = {}
+    for rater, fold in shared:
+        if rater in values:
+            continue
+        per_run = [leaves(comparable(run[(rater, fold)])) for run in runs]
+        values[rater] = {
+            path: [float(r[path]) for r in per_run]
+            for path in sorted(per_run[0])
+            if all(_number(r.get(path)) for r in per_run)
+        }
+    spread = {
+        "seeds": [_run_seed(d) for d in run_dirs],
+        "folds": [f"{r}/fold_{k}" for r, k in shared if values.get(r)],
+        "values": values,
+    }
+    atomic_write_text(Path(reference) / SPREAD_FILE, json.dumps(spread, indent=1))
+    return spread
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def judged(path: str) -> bool:
+    """The entries a changed environment is judged on: each stage's headline results (detection rate, IoU, mAP,
+    best validation value; accuracy, macro F1 and kappa on the rater's boxes and chained) and the split sizes.
+    Per-class and confusion-matrix entries move with them and are counted, not judged one by one: with dozens of
+    them, some would leave any interval by chance alone."""
+    if path.startswith("splits/"):
+        return True
+    leaf = path.rsplit("/", 1)[-1]
+    headline = {"acc", "iou", "map", "map_50", "f1", "accuracy", "f1_macro", "kappa", "kappa_quadratic"}
+    return leaf == "best_val" or (leaf in headline and "/val/" not in path)
+
+
+def tolerance_for(reference: Path, rater: str, confidence: float = 0.99) -> dict[str, float] | None:
+    """Per judged entry, how far a new run may lie from the reference: the half-width of the ``confidence``
+    prediction interval for one more seed, ``t(n-1) * sd * sqrt(1 + 1/n)`` over the recorded seeds' values.
+    Entries that did not move across seeds (split sizes) get 0: they must match. None when nothing is recorded."""
+    from scipy import stats
+
+    path = Path(reference) / SPREAD_FILE
+    if not path.is_file():
+        return None
+    values = json.loads(path.read_text()).get("values", {}).get(rater)
+    if not values:
+        return None
+    out = {}
+    for entry, vs in values.items():
+        if judged(entry):
+            n = len(vs)
+            sd = statistics.stdev(vs)
+            out[entry] = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * sd * math.sqrt(1 + 1 / n))
+    return out
 
 
 @exit_on_contract_error
 def reproduce(cfg: DictConfig) -> list[str]:
-    fold, rater = int(cfg.data.fold), str(cfg.data.rater)
-    expected = json.loads(reference_file(Path(cfg.reference), rater, fold).read_text())
+    """Train ``data.fold`` for ``data.rater`` and compare; returns the failing differences (empty: reproduced)."""
+    fold, rater, reference = int(cfg.data.fold), str(cfg.data.rater), Path(cfg.reference)
+    expected = json.loads(reference_file(reference, rater, fold).read_text())
+    recorded_env = reference / ENVIRONMENT_FILE
+    environment = json.loads(recorded_env.read_text()) if recorded_env.is_file() else {}
     out = output_dir() / rater / f"fold_{fold}"
-    actual = comparable(run_fold(cfg, fold, rater, out))
-    actual = json.loads(json.dumps(actual, default=float))  # as the recorded JSON holds it
-    differences = diff_metrics(comparable(expected), actual)
+    metrics = run_fold(cfg, fold, rater, out)
+    changed = differing_fields(environment, metrics.get("environment", fingerprint()))
+    actual = json.loads(json.dumps(comparable(metrics), default=float))  # as the recorded JSON holds it
+    tolerance = tolerance_for(reference, rater) if changed else None
+    if changed:
+        log.warning(f"the environment differs from the reference's in: {', '.join(changed)}")
+        if tolerance is None:
+            log.warning(f"no {SPREAD_FILE} under {reference}: comparing bit for bit anyway")
+        else:
+            log.warning(
+                f"so each entry is compared within its seed-to-seed range ({reference / SPREAD_FILE})"
+            )
+    differences = diff_metrics(comparable(expected), actual, tolerance)
     if differences:
-        log.error(f"fold {fold} rater {rater}: {len(differences)} difference(s) from {cfg.reference}:")
+        log.error(f"fold {fold} rater {rater}: {len(differences)} difference(s) from {reference}:")
         for line in differences:
             log.error(f"  {line}")
+    elif changed and tolerance is not None:
+        moved = len(diff_metrics(comparable(expected), actual))
+        where = out / "metrics.json"
+        log.info(
+            f"fold {fold} rater {rater}: within the seed-to-seed spread of {reference} ({moved} moved; {where})"
+        )
     else:
-        log.info(f"fold {fold} rater {rater}: identical to {cfg.reference} ({out / 'metrics.json'})")
+        log.info(f"fold {fold} rater {rater}: identical to {reference} ({out / 'metrics.json'})")
     return differences
 
 
-@hydra.main(config_path=CONF_DIR, config_name="reproduce", version_base="1.3")
+@hydra.main(config_path=CONF_PATH, config_name="reproduce", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    if reproduce(cfg):
+    if cfg.get("record"):
+        count = record_reference(Path(cfg.record), Path(cfg.reference))
+        log.info(f"recorded {count} fold(s) of {cfg.record} into {cfg.reference}")
+    elif cfg.get("spread"):
+        spread = record_spread([Path(d) for d in cfg.spread], Path(cfg.reference))
+        n_folds, n_runs = len(spread["folds"]), len(cfg.spread)
+        log.info(
+            f"recorded the spread of {n_folds} fold(s) over {n_runs} runs into {cfg.reference}/{SPREAD_FILE}"
+        )
+    elif reproduce(cfg):
         sys.exit(1)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--record":
-        print(f"recorded {record_reference(Path(sys.argv[2]), Path(sys.argv[3]))} fold(s) into {sys.argv[3]}")
-    else:
-        main()
+    main()

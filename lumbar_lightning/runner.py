@@ -10,7 +10,6 @@ import dataclasses
 import json
 import logging
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from lumbar_lightning.data.datamodules import LEVEL_INDEX, PatchDataModule, SliceDataModule, load_dataset
 from lumbar_lightning.data.dataset import LumbarDataset
-from lumbar_lightning.data.dicom import atomic_write_text
 from lumbar_lightning.data.labels import CONSENSUS, GRADES
 from lumbar_lightning.data.transforms import PatchGeometry
+from lumbar_lightning.engine.numerics import fingerprint
 from lumbar_lightning.evaluation.agreement import agreement
+from lumbar_lightning.io import atomic_copy, atomic_write_text
 from lumbar_lightning.models.stages import (
     CanalDetector,
     GradeClassifier,
@@ -132,8 +132,12 @@ def _trainer(
     if cfg.get("debug_trainer"):
         kwargs.update(OmegaConf.to_container(cfg.debug_trainer, resolve=True))
     kwargs.pop("_target_", None)
-    for lg in loggers:  # the whole run config, not only the module's hyperparameters
-        lg.log_hyperparams({"run": run_config(cfg), "stage": stage})
+    if isinstance(kwargs.get("profiler"), dict):  # debug=profiler: one report folder per stage of the fold
+        kwargs["profiler"] = hydra.utils.instantiate(
+            kwargs["profiler"], dirpath=str(out_dir / "profiles" / stage)
+        )
+    for lg in loggers:  # the whole run config and environment, not only the module's hyperparameters
+        lg.log_hyperparams({"run": run_config(cfg), "stage": stage, "environment": fingerprint()})
     common = {"logger": loggers or False, "default_root_dir": str(out_dir)}
     fit = L.Trainer(**kwargs, callbacks=callbacks, **common)
     test_kwargs = {
@@ -170,9 +174,9 @@ def _fit_stage(cfg: DictConfig, stage: str, module: StageModule, datamodule: L.L
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     fit_seconds = time.perf_counter() - start
-    # Under ddp_spawn the fit ran in other processes: what it leaves behind is read from the trainer's returned
-    # callback metrics and the checkpoints, never from the module's in-process state.
-    best_val = trainer.callback_metrics.get(f"{module.monitor}_best")
+    # Under ddp_spawn the fit ran in other processes, and a fit resumed from a last.ckpt of its final epoch logs
+    # nothing: the best validation value is read from the checkpoint, never from in-process state.
+    best_val = _checkpoint_best(ckpt_dir / "last.ckpt")
     if (ckpt_dir / "best.ckpt").exists():
         load_stage_weights(module, ckpt_dir / "best.ckpt")
     _reload_csv_columns(tester)
@@ -206,6 +210,14 @@ def _reload_csv_columns(trainer: L.Trainer) -> None:
             with open(lg.experiment.metrics_file_path, newline="") as fh:
                 header = next(csv.reader(fh), [])
             lg.experiment.metrics_keys = sorted(set(lg.experiment.metrics_keys) | set(header))
+
+
+def _checkpoint_best(path: Path) -> float | None:
+    """The tracked best validation value (``val_best``, persistent in the module's state) of a checkpoint."""
+    if not path.exists():
+        return None
+    value = torch.load(path, map_location="cpu", weights_only=True)["state_dict"].get("val_best.max_value")
+    return None if value is None else float(value)
 
 
 def _checkpoint_epochs(path: Path) -> int:
@@ -296,6 +308,7 @@ def run_fold(
     metrics["rootlet"]["chained"], metrics["grade"]["chained"] = chained_metrics(predictions, rater)
     metrics["grade"]["chained_balanced"] = chained_metrics(predictions, rater, balanced=True)[1]
     metrics["seconds"] = round(time.perf_counter() - start, 1)
+    metrics["environment"] = fingerprint()  # what the numbers depend on (make reproduce compares it)
     log_pipeline_run(cfg, f"{rater}-pipeline-fold{fold}", tracking_dir, metrics, predictions)
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, default=float))
     return metrics
@@ -320,13 +333,14 @@ def share_detector(cfg: DictConfig, trained: Path, out_dir: Path) -> bool:
     rater's fold folder), so ``run_fold`` reloads it instead of training the same network again. The copy is
     what training would give: the consensus detector depends on neither rater's labels. Returns whether shared."""
     src, dst = Path(trained) / "checkpoints" / "detector", Path(out_dir) / "checkpoints" / "detector"
-    if not consensus_detector(cfg) or not (src / "done.json").exists():
+    # A fit that saves no checkpoint (fast_dev_run) leaves nothing to share: each rater's fold trains its own.
+    if not consensus_detector(cfg) or not (src / "done.json").exists() or not (src / "best.ckpt").exists():
         return False
     if (dst / "done.json").exists():
         return True
     dst.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(src / "best.ckpt", dst / "best.ckpt")
-    shutil.copy2(src / "done.json", dst / "done.json")  # last: marks the stage finished
+    for name in ("best.ckpt", "done.json"):  # done.json last: it marks the stage finished
+        atomic_copy(src / name, dst / name)
     return True
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lumbar_lightning.data.dicom import atomic_write_text
+from lumbar_lightning.io import atomic_write_text
 
 
 def best_trial(sweep_dir: Path, maximize: bool = True) -> dict[str, Any] | None:

@@ -10,9 +10,10 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lumbar_lightning.cli import CONF_DIR, exit_on_contract_error
+from lumbar_lightning.cli import CONF_PATH, exit_on_contract_error
 from lumbar_lightning.data.phantom.cohort import PhantomCohort, PhantomConfig
 from lumbar_lightning.data.phantom.samples import samples_figure
+from lumbar_lightning.engine.numerics import numpy_numerics
 
 log = logging.getLogger("lumbar_lightning.synth")
 
@@ -24,7 +25,8 @@ def phantom_config(cfg: DictConfig) -> PhantomConfig:
 
 
 def ensure_phantom(out_dir: Path | str, config: PhantomConfig, workers: int | None = None) -> bool:
-    """Generate the cohort unless ``out_dir`` already holds one made with the same configuration.
+    """Generate the cohort unless ``out_dir`` already holds one made with the same configuration and numpy
+    numerics (a cohort written with other kernels has other pixels).
 
     Returns True when it generated. This is what makes the default data set appear on first use.
     """
@@ -32,7 +34,9 @@ def ensure_phantom(out_dir: Path | str, config: PhantomConfig, workers: int | No
     manifest = out_dir / "phantom.json"
     if manifest.is_file() and (out_dir / "labels.csv").is_file():
         try:
-            if json.loads(manifest.read_text()).get("config") == json.loads(json.dumps(config.to_dict())):
+            recorded = json.loads(manifest.read_text())
+            same_config = recorded.get("config") == json.loads(json.dumps(config.to_dict()))
+            if same_config and recorded.get("numerics") == numpy_numerics():
                 return False
         except json.JSONDecodeError:
             pass
@@ -57,7 +61,7 @@ def synth(cfg: DictConfig) -> Path:
     return out_dir
 
 
-@hydra.main(config_path=CONF_DIR, config_name="synth", version_base="1.3")
+@hydra.main(config_path=CONF_PATH, config_name="synth", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     synth(cfg)
 

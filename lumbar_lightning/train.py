@@ -12,8 +12,8 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from lumbar_lightning.cli import CONF_DIR, exit_on_contract_error, log, output_dir
-from lumbar_lightning.data.dicom import atomic_write_text
+from lumbar_lightning.cli import CONF_PATH, exit_on_contract_error, log, output_dir
+from lumbar_lightning.io import atomic_write_text
 from lumbar_lightning.runner import run_fold
 from lumbar_lightning.tracking import wandb_settings
 
@@ -62,7 +62,7 @@ def fold_line(metrics: dict) -> str:
     )
 
 
-@hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
+@hydra.main(config_path=CONF_PATH, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     return train_for_objective(cfg)
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+# isort: off
+import lumbar_lightning  # noqa: F401  (first: pins numerics before numpy and torch are imported)
+
+# isort: on
 import numpy as np
 import pytest
 

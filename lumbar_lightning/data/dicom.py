@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import stat as stat_module
-import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from lumbar_lightning.data.errors import DataContractError
+from lumbar_lightning.io import atomic_write_text, private_tmp
 
 #: One row per image in the index. ``patient`` is the salted pseudonym; the PatientID itself is never kept.
 INDEX_COLUMNS = [
@@ -358,7 +358,7 @@ class ImageCache:
 
     def put(self, sop_instance_uid: str, image: np.ndarray) -> None:
         target = self.image_path(sop_instance_uid)
-        tmp = _private_tmp(target)
+        tmp = private_tmp(target)
         try:
             np.save(tmp, image.astype(np.float16, copy=False))
             os.replace(tmp, target)
@@ -371,23 +371,6 @@ class ImageCache:
     def get(self, sop_instance_uid: str) -> np.ndarray:
         """The cached image as float32 in [0, 1]."""
         return np.load(self.image_path(sop_instance_uid)).astype(np.float32)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write then rename, so a reader never sees half a file."""
-    path = Path(path)
-    tmp = _private_tmp(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _private_tmp(path: Path) -> Path:
-    """A temporary name next to ``path`` that no other writer uses: parallel runs (multirun, CV workers) that
-    refresh the same cache at once each rename their own file, and the last complete one wins."""
-    return path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
 
 
 def _stat_key(path: Path) -> tuple[int, int] | str:

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from lumbar_lightning.data.dicom import atomic_write_text
 from lumbar_lightning.data.errors import DataContractError
+from lumbar_lightning.io import atomic_write_text
 
 SPLITS = ("train", "val", "test")
 

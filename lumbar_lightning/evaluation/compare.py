@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lumbar_lightning.data.dicom import atomic_write_text
 from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.evaluation.agreement import agreement
 from lumbar_lightning.evaluation.figures import confusion_grid
 from lumbar_lightning.evaluation.statistics import bootstrap_ci, mcnemar, paired_fold_ttest
 from lumbar_lightning.evaluation.study import TASK_CLASSES, load_cv_predictions, readers
+from lumbar_lightning.io import atomic_write_text
 
 ALPHA = 0.05
 

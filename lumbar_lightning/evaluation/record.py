@@ -10,8 +10,8 @@ import re
 import sys
 from pathlib import Path
 
-from lumbar_lightning.data.dicom import atomic_write_text
 from lumbar_lightning.evaluation.study import PAPER
+from lumbar_lightning.io import atomic_write_text
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from lumbar_lightning.data.dicom import atomic_write_text
 from lumbar_lightning.data.labels import GRADES
 from lumbar_lightning.evaluation.figures import confusion_grid
 from lumbar_lightning.evaluation.statistics import fold_summary
 from lumbar_lightning.evaluation.study import PAPER, load_cv_predictions, study_tables
+from lumbar_lightning.io import atomic_write_text
 
 SUMMARY_KEYS = ("n", "accuracy", "accuracy_ci95", "f1_macro", "f1_per_class", "kappa", "kappa_quadratic", "ttest",
                 "confusion_matrix", "classes")  # fmt: skip

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from lumbar_lightning.data.dicom import atomic_write_text
 from lumbar_lightning.data.dicom_writer import SeriesInfo, deterministic_uid, write_mr_slice
 from lumbar_lightning.data.phantom.latent import (
     DISC_LEVELS,
@@ -34,6 +33,8 @@ from lumbar_lightning.data.phantom.latent import (
     severity_units,
 )
 from lumbar_lightning.data.phantom.render import PatientAnatomy, SliceRenderer, SliceSpec
+from lumbar_lightning.engine.numerics import numpy_numerics
+from lumbar_lightning.io import atomic_write_text
 
 LABEL_FIELDS = ["analyzer", "sop_instance_uid", "x_min", "y_min", "x_max", "y_max", "level", "grade",
                 "vertebral_level"]  # fmt: skip
@@ -233,4 +234,5 @@ class PhantomCohort:
             "images": self.n_images,
             "seconds": round(self.seconds, 2),
             "grade_thresholds": [float(t) for t in grade_thresholds(self.config.latent)],
+            "numerics": numpy_numerics(),  # the pixels depend on numpy's kernels: another set, another cohort
         }

@@ -1,0 +1,1 @@
+"""The engine: what every run goes through (numerics, run layout, folds, cross-validation)."""

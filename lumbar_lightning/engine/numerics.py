@@ -1,0 +1,231 @@
+"""Numerics that depend on the locked environment, not on the CPU that runs them.
+
+The same fold trained to different numbers on AVX2 and AVX-512 machines. Hashing each layer
+(``python -m lumbar_lightning.engine.numerics``) showed where it first diverged: numpy's AVX-512 kernels
+(``exp``, ``sin``, ...) change the phantom's pixels, and oneDNN's AVX-512 convolutions change the forward
+pass. Every x86-64 machine we run on has AVX2 (with FMA), so each library is held to its AVX2 code path:
+
+- numpy: its AVX-512 dispatch targets are switched off (read once, when numpy is imported);
+- torch: ATen's kernels at the AVX2 capability, oneDNN (convolutions) at AVX2 at most;
+- MKL (linear layers): the ``COMPATIBLE`` conditional-numerical-reproducibility branch, the one MKL promises
+  across vendors (its ``AVX2`` branch is Intel-only: on AMD it falls back to whatever MKL picks);
+
+OpenCV is left alone: its resize and warp gave the same bytes with and without its AVX-512 dispatch (and
+switching features off prints a warning on every machine that lacks them).
+
+``pin()`` runs when ``lumbar_lightning`` is imported, before any of these libraries, so every entry point (and
+every spawned worker, which imports the package first) computes the same way. ``LUMBAR_NUMERICS=native`` leaves
+the environment as it is (the libraries' fastest paths, results depending on the CPU); ``make bench`` reports
+what pinning costs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+from importlib import metadata
+from typing import Any
+
+#: Environment variable that selects ``pinned`` (default) or ``native`` numerics.
+MODE_VARIABLE = "LUMBAR_NUMERICS"
+
+#: What ``pin()`` sets. Each library reads its variable when it first needs it (numpy: at import).
+PINNED_ENV = {
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "DNNL_MAX_CPU_ISA": "AVX2",
+    "MKL_CBWR": "COMPATIBLE",
+    "MKL_DYNAMIC": "FALSE",
+}
+
+#: Packages whose versions decide the numbers (the lock file pins them; a run records them).
+PACKAGES = ("torch", "torchvision", "lightning", "numpy", "opencv-python-headless", "pydicom", "scipy",
+            "scikit-learn", "pandas", "torchmetrics", "albumentations")  # fmt: skip
+
+_state: dict[str, Any] = {"mode": None, "late": []}
+
+
+def mode() -> str:
+    value = os.environ.get(MODE_VARIABLE, "pinned").strip().lower() or "pinned"
+    if value not in ("pinned", "native"):
+        raise ValueError(f"{MODE_VARIABLE} must be 'pinned' or 'native', got {value!r}")
+    return value
+
+
+def pin() -> str:
+    """Apply the pinned environment (unless ``LUMBAR_NUMERICS=native``); returns the mode.
+
+    Libraries already imported read their variable too early to be pinned: they are remembered and reported by
+    ``fingerprint()`` (a run that imported numpy before this package is not pinned, and says so).
+    """
+    current = mode()
+    if _state["mode"] is None:
+        _state["mode"] = current
+        if current == "pinned":
+            _state["late"] = [name for name in ("numpy", "torch") if name in sys.modules]
+            os.environ.update(PINNED_ENV)
+    return current
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def numpy_numerics() -> dict[str, Any]:
+    """What decides numpy's floating-point results (the phantom's pixels): its version and SIMD targets in use."""
+    import numpy as np
+    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+
+    return {"mode": _state["mode"] or mode(), "numpy": np.__version__,
+            "numpy_simd": [t for t in __cpu_dispatch__ if __cpu_features__.get(t)]}  # fmt: skip
+
+
+def fingerprint() -> dict[str, Any]:
+    """The environment a run computed in: what decides its numbers (``numerics``) and what only describes the
+    machine (``machine``). ``make reproduce`` demands bit-exact results when the ``numerics`` parts match."""
+    import cv2
+    import torch
+
+    numerics = {
+        "mode": _state["mode"] or mode(),
+        "pinned_late": list(_state["late"]),
+        "python": platform.python_version(),
+        "packages": {name: _version(name) for name in PACKAGES if _version(name) is not None},
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "native"),
+        "mkldnn_enabled": bool(torch.backends.mkldnn.enabled),
+        "mkl_cbwr": os.environ.get("MKL_CBWR", "AUTO"),
+        "numpy_simd": numpy_numerics()["numpy_simd"],
+        "threads": torch.get_num_threads(),
+    }
+    machine = {
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "opencv_cpu_features": cv2.getCPUFeaturesLine(),
+        "platform": platform.platform(),
+        "torch_config": torch.__config__.show().splitlines()[1:4],
+    }
+    return {"numerics": numerics, "machine": machine}
+
+
+def numerics_key(env: dict[str, Any]) -> str:
+    """A short hash of what decides the numbers, for logs and W&B configs."""
+    return hashlib.sha256(json.dumps(env.get("numerics", {}), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def differing_fields(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The ``numerics`` fields (``packages/torch``, ``threads``, ...) that differ between two fingerprints."""
+    a, b = recorded.get("numerics", {}), current.get("numerics", {})
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if isinstance(a.get(key), dict) or isinstance(b.get(key), dict):
+            sub_a, sub_b = a.get(key) or {}, b.get(key) or {}
+            out += [f"{key}/{k}" for k in sorted(set(sub_a) | set(sub_b)) if sub_a.get(k) != sub_b.get(k)]
+        elif a.get(key) != b.get(key):
+            out.append(key)
+    return out
+
+
+def layer_hashes(work_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """A short hash of each layer of a tiny training run, in the order a fold computes them: phantom pixels, the
+    ingestion cache, detector input, canal patches, augmentation, initial weights, forward, backward, one Adam
+    step, twenty steps, and the detector's loss and gradients. Two environments that agree here train alike;
+    the first differing layer says where they part."""
+    from pathlib import Path
+
+    import numpy as np
+    import pydicom
+    import torch
+
+    from lumbar_lightning.data.dataset import LumbarDataset
+    from lumbar_lightning.data.labels import BOX_COLUMNS
+    from lumbar_lightning.data.phantom.cohort import PhantomCohort, PhantomConfig
+    from lumbar_lightning.data.transforms import AugmentConfig, PaperAugment, PatchGeometry
+    from lumbar_lightning.models.nets import CanalVGG
+    from lumbar_lightning.models.stages import CanalDetector
+
+    def digest(*arrays: Any) -> str:
+        h = hashlib.sha256()
+        for a in arrays:
+            a = a.detach().numpy() if isinstance(a, torch.Tensor) else a
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()[:12]
+
+    root = Path(work_dir)
+    torch.set_num_threads(1)
+    out: dict[str, str] = {}
+    PhantomCohort.generate(
+        PhantomConfig(n_patients=2, seed=3, image_size=128, pixel_spacing_mm=1.72), root, workers=1
+    )
+    files = sorted((root / "dicom").rglob("*.dcm"))
+    out["phantom_pixels"] = digest(*[pydicom.dcmread(f).pixel_array for f in files])
+    dataset = LumbarDataset.ingest(root)
+    uids = sorted(dataset.images["sop_instance_uid"])
+    out["cache"] = digest(*[dataset.cache.get(u) for u in uids])
+    resized = np.stack([dataset.resized(u, 96).astype(np.float32) for u in uids])
+    out["detector_input"] = digest(resized)
+    labels = dataset.labels.for_rater("A1")
+    geometry = PatchGeometry(size=32)
+    patches = np.stack([dataset.patch(u, tuple(labels.loc[u, list(BOX_COLUMNS)].astype(float)), geometry, 1.35)
+                        for u in labels.index])  # fmt: skip
+    out["patches"] = digest(patches)
+    augment = PaperAugment(AugmentConfig(), 0)
+    augmented = np.stack([augment(p, 1000 + i, out_size=32)[0] for i, p in enumerate(patches)])
+    out["augmented"] = digest(augmented)
+    torch.manual_seed(0)
+    net = CanalVGG(4, width=0.125, in_channels=1, batch_norm=True, channels_last=True)
+    out["init"] = digest(*net.parameters())
+    x, y = torch.from_numpy(augmented[:, None].copy()), torch.arange(len(augmented)) % 4
+    logits = net(x)
+    out["forward"] = digest(logits)
+    torch.nn.functional.cross_entropy(logits, y).backward()
+    out["backward"] = digest(*[p.grad for p in net.parameters()])
+    optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
+    optimizer.step()
+    out["adam_step"] = digest(*net.parameters())
+    for _ in range(20):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        optimizer.step()
+    out["train_20_steps"] = digest(*net.parameters())
+    torch.manual_seed(0)
+    detector = CanalDetector(image_size=96)
+    images = [torch.from_numpy(r)[None] for r in resized[:8]]
+    targets = [{"boxes": torch.tensor([[30.0, 30.0, 60.0, 60.0]]), "labels": torch.ones(1, dtype=torch.int64)}
+               for _ in images]  # fmt: skip
+    loss = sum(detector.net(detector._three_channels(images), targets).values())
+    out["detector_loss"] = digest(loss)
+    loss.backward()
+    out["detector_backward"] = digest(*[p.grad for p in detector.parameters() if p.grad is not None])
+    return out
+
+
+def main() -> None:
+    """``python -m lumbar_lightning.engine.numerics``: the fingerprint and the layer hashes, as JSON."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        hashes = layer_hashes(tmp)
+    print(json.dumps({"fingerprint": fingerprint(), "layers": hashes}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
