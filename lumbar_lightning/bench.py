@@ -7,7 +7,8 @@ Sections: (1) compute efficiency: training images/s per stage at the demo and pa
 (``torch.utils.flop_counter``) over a 2048x2048 fp32 GEMM timed here; (2) framework overhead: ``Trainer.fit`` vs
 a plain PyTorch loop, same model, data and steps; (3) data path: the demo training DataLoader vs the model's
 consumption, and the cache vs a naive ``pydicom.dcmread`` per item; (4) inference: ``Pipeline`` latency per
-40-slice study, peak RSS; (5) phantom generation and ingestion; (6) GPU: fp32 vs bf16 autocast, channels_last,
+40-slice study, peak RSS; (5) phantom generation and ingestion; (6) numerics: the demo's training steps with
+pinned vs native numerics (``engine.numerics``), in fresh processes; (7) GPU: fp32 vs bf16 autocast, channels_last,
 only when CUDA is present.
 
 ``python -m lumbar_lightning.bench [--small]`` prints the table and writes ``bench.json``.
@@ -334,6 +335,57 @@ def _to_cuda(batch: dict[str, Any], channels_last: bool) -> dict[str, Any]:
     return {k: move(v) for k, v in batch.items()}
 
 
+# -- numerics: pinned vs native ------------------------------------------------------------------------------
+def numerics_workload(steps: int) -> float:
+    """Seconds for ``steps`` demo training steps of each stage, one thread (what a CV worker runs)."""
+    import warnings as _w
+
+    from lumbar_lightning.runner import build_modules
+
+    _w.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    cfg = preset("demo")
+    modules = build_modules(cfg)
+    total = 0.0
+    for stage in STAGES:
+        module = modules[stage]
+        module.train()
+        batch = stage_inputs(cfg, stage, module)
+        optimizer = torch.optim.Adam(module.parameters(), lr=1e-4)
+        _train_step(module, optimizer, batch)
+        total += median_time(
+            lambda m=module, o=optimizer, b=batch: _train_step(m, o, b), repeats=steps, warmup=0
+        )
+    return total
+
+
+def numerics_section(steps: int, rounds: int) -> dict[str, float]:
+    """The demo's training steps in fresh processes, ``LUMBAR_NUMERICS=pinned`` against ``native``, in
+    order-alternating pairs; the time ratio pinned/native (above 1: pinning costs that much)."""
+    import os
+    import subprocess
+
+    def seconds(mode: str) -> float:
+        code = f"from lumbar_lightning.bench import numerics_workload; print(numerics_workload({steps}))"
+        env = {**os.environ, "LUMBAR_NUMERICS": mode}
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+        )
+        return float(done.stdout.strip().splitlines()[-1])
+
+    pinned, native = [], []
+    for i in range(rounds):
+        order = ("pinned", "native") if i % 2 == 0 else ("native", "pinned")
+        for mode in order:
+            (pinned if mode == "pinned" else native).append(seconds(mode))
+    ratios = [p / n for p, n in zip(pinned, native, strict=True)]
+    return {
+        "numerics/pinned_step_seconds": statistics.median(pinned),
+        "numerics/native_step_seconds": statistics.median(native),
+        "numerics/pinned_over_native": statistics.median(ratios),
+    }
+
+
 # -- the run --------------------------------------------------------------------------------------------------
 def run(small: bool = False) -> dict[str, Any]:
     """Every section; ``small`` shrinks sizes for the smoke test (numbers then mean nothing)."""
@@ -344,6 +396,7 @@ def run(small: bool = False) -> dict[str, Any]:
     out["gemm_fp32_gflop_per_s"] = peak / 1e9
     out.update(compute_section(presets, peak, steps=1 if small else 5, small=small))
     out.update(overhead_section(presets["demo"], steps=4 if small else 240, rounds=2 if small else 7))
+    out.update(numerics_section(steps=1 if small else 5, rounds=2 if small else 5))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "ph"
         config = PhantomConfig(n_patients=4 if small else 10, image_size=96 if small else 320, seed=3)

@@ -217,8 +217,9 @@ def reproduce(cfg: DictConfig) -> list[str]:
         if tolerance is None:
             log.warning(f"no {SPREAD_FILE} under {reference}: comparing bit for bit anyway")
         else:
+            where = reference / SPREAD_FILE
             log.warning(
-                f"so each entry is compared within its seed-to-seed range ({reference / SPREAD_FILE})"
+                f"so each headline result must lie in the 99% prediction interval of the seeds in {where}"
             )
     differences = diff_metrics(comparable(expected), actual, tolerance)
     if differences:
