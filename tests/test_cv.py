@@ -46,6 +46,13 @@ def test_cv_summary_has_the_study_pairs_and_checks_out(tiny_cv: Path) -> None:
             lo, hi = row["accuracy_ci95"]
             assert lo <= row["accuracy"] <= hi
     assert "kappa_quadratic" in summary["grade"]["A1-C1"]
+    graded_ = task_set(load_cv_predictions(tiny_cv), "grade")
+    order = {g: i for i, g in enumerate("ABCD")}
+    gross = sum(
+        abs(order[a] - order[b]) >= 2 for a, b in zip(graded_["grade_A1"], graded_["grade_C1"], strict=True)
+    )
+    assert summary["grade"]["A1-C1"]["gross_errors"] == gross
+    assert set(summary["grade"]["A1-C1"]["recall_per_class"]) == set("ABCD")
     # The inter-rater figure recomputed from the raw predictions agrees with the summary.
     frame = load_cv_predictions(tiny_cv)
     graded = task_set(frame, "grade")
@@ -279,3 +286,23 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_seeds_run_the_cv_once_per_seed_and_report_the_spread(tiny_phantom: Path, tmp_path: Path) -> None:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="cv", overrides=[f"data_dir={tiny_phantom}", "logger=none", "threads=1",
+                                                   "seeds=[0,1]", "cv.folds=[0,1]", *TINY_CV])  # fmt: skip
+    summary = cross_validate(cfg, root=tmp_path)
+    per_seed = {s: json.loads((tmp_path / f"seed_{s}" / "cv_summary.json").read_text()) for s in (0, 1)}
+    row = summary["grade"]["A1-C1"]["accuracy"]
+    values = [per_seed[s]["grade"]["A1-C1"]["accuracy"] for s in (0, 1)]
+    assert row["values"] == values
+    assert row["mean"] == pytest.approx(sum(values) / 2)
+    assert row["std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
+    # the seed really changed the training: the two runs' grader weights differ
+    fold = "A1/fold_0/predictions.csv"
+    p0, p1 = (pd.read_csv(tmp_path / f"seed_{s}" / fold) for s in (0, 1))
+    assert not p0["p_A"].equals(p1["p_A"])
+    saved = json.loads((tmp_path / "seeds_summary.json").read_text())
+    assert saved["seeds"] == [0, 1] and "gross_errors" in saved["grade"]["A1-C1"]
+    assert "| A1-C1 |" in (tmp_path / "seeds_report.md").read_text()

@@ -40,3 +40,17 @@ def _kappa(a: np.ndarray, b: np.ndarray, classes: list[str], weights: str | None
     if len(set(a) | set(b)) < 2:
         return 1.0 if np.all(a == b) else 0.0
     return float(cohen_kappa_score(a, b, labels=classes, weights=weights))
+
+
+def severity(a: Sequence[str], b: Sequence[str], classes: Sequence[str]) -> dict[str, Any]:
+    """What matters most on an ordinal scale: disagreements of two grades or more (a D called B or A, a C
+    called A), their rate, and each class's recall (``a`` as the reference), C and D above all."""
+    index = {c: i for i, c in enumerate(classes)}
+    ia = np.array([index[v] for v in a], dtype=int)
+    ib = np.array([index[v] for v in b], dtype=int)
+    gross = int(np.sum(np.abs(ia - ib) >= 2))
+    recall = {
+        c: float(np.mean(ib[ia == i] == i)) if np.any(ia == i) else float("nan") for c, i in index.items()
+    }
+    rate = gross / len(ia) if len(ia) else float("nan")
+    return {"gross_errors": gross, "gross_error_rate": rate, "recall_per_class": recall}

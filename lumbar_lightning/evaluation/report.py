@@ -15,7 +15,7 @@ from lumbar_lightning.evaluation.study import PAPER, load_cv_predictions, study_
 from lumbar_lightning.io import atomic_write_text
 
 SUMMARY_KEYS = ("n", "accuracy", "accuracy_ci95", "f1_macro", "f1_per_class", "kappa", "kappa_quadratic", "ttest",
-                "confusion_matrix", "classes")  # fmt: skip
+                "confusion_matrix", "classes", "gross_errors", "gross_error_rate", "recall_per_class")  # fmt: skip
 
 
 def per_fold_metrics(root: Path) -> dict[str, dict[str, dict[str, float]]]:
@@ -84,7 +84,21 @@ def render_report(summary: dict[str, Any], title: str = "lumbar-lightning cross-
                 f"{paper[0] if paper else ''} | {paper[1] if paper else ''} |"
             )
         lines += ["", f"![{name} confusion matrices](figures/confusion_{task}.png)", ""]
-    lines += ["## Grade distribution (%)", "", "| reader | A | B | C | D |", "|---|---|---|---|---|"]
+    lines += [
+        "## Severe grades",
+        "",
+        "Disagreements of two grades or more (a D called A or B, a C called A), and the second reader's recall of",
+        "each grade of the first (the pair's first name is the reference).",
+        "",
+        "| pair | gross errors | gross error % | recall A % | recall B % | recall C % | recall D % |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for pair, row in summary["grade"].items():
+        recall = row.get("recall_per_class", {})
+        cells = [str(row.get("gross_errors", "")), _pct(row.get("gross_error_rate"))]
+        cells += [_pct(recall.get(g)) for g in GRADES]
+        lines.append(f"| {pair} | " + " | ".join(cells) + " |")
+    lines += ["", "## Grade distribution (%)", "", "| reader | A | B | C | D |", "|---|---|---|---|---|"]
     for who, dist in summary["grade_distribution"].items():
         lines.append(f"| {who} | " + " | ".join(_pct(dist[g]) for g in GRADES) + " |")
     for who, dist in summary["paper"]["grade_distribution"].items():
@@ -135,4 +149,68 @@ def write_cv_report(root: Path | str, seed: int = 0, title: str | None = None) -
     atomic_write_text(
         root / "report.md", render_report(summary, title or f"lumbar-lightning cross-validation: {root.name}")
     )
+    return summary
+
+
+#: What a multi-seed run reports per pair, as mean and spread over seeds.
+SEED_METRICS = ("accuracy", "f1_macro", "kappa_quadratic", "gross_errors")
+
+
+def seeds_summary(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Each pair's headline figures over several seeds' cross-validation summaries: values, mean, sd."""
+    out: dict[str, Any] = {"seeds": list(per_seed)}
+    for task in ("rootlet", "grade"):
+        pairs = list(next(iter(per_seed.values()))[task])
+        out[task] = {}
+        for pair in pairs:
+            rows = [s[task][pair] for s in per_seed.values()]
+            out[task][pair] = {
+                m: {
+                    "values": [float(r[m]) for r in rows],
+                    "mean": float(np.mean([r[m] for r in rows])),
+                    "std": float(np.std([r[m] for r in rows], ddof=1)) if len(rows) > 1 else 0.0,
+                }
+                for m in SEED_METRICS
+                if all(m in r for r in rows)
+            }
+    return out
+
+
+def _mean_sd(row: dict[str, Any], metric: str, scale: float = 100.0, digits: int = 1) -> str:
+    if metric not in row:
+        return ""
+    return f"{scale * row[metric]['mean']:.{digits}f} +- {scale * row[metric]['std']:.{digits}f}"
+
+
+def write_seeds_report(root: Path | str, per_seed: dict[int, dict[str, Any]], title: str) -> dict[str, Any]:
+    """``seeds_summary.json`` and ``seeds_report.md`` for a multi-seed cross-validation."""
+    root = Path(root)
+    summary = seeds_summary(per_seed)
+    lines = [
+        f"# {title}",
+        "",
+        f"Seeds {summary['seeds']}; each seed's own report is in `seed_<s>/report.md`.",
+        "Mean and sample standard deviation over seeds; the paper's figure beside it.",
+        "",
+    ]
+    for task in ("rootlet", "grade"):
+        lines += [
+            f"## {task}",
+            "",
+            "| pair | agreement % | macro F1 % | quadratic kappa | gross errors | paper % |",
+            "|---|---|---|---|---|---|",
+        ]
+        for pair, row in summary[task].items():
+            paper = PAPER.get(task, {}).get(pair)
+            cells = [
+                _mean_sd(row, "accuracy"),
+                _mean_sd(row, "f1_macro"),
+                _mean_sd(row, "kappa_quadratic", 1, 3),
+                _mean_sd(row, "gross_errors", 1, 1),
+                str(paper[0]) if paper else "",
+            ]
+            lines.append(f"| {pair} | " + " | ".join(cells) + " |")
+        lines.append("")
+    atomic_write_text(root / "seeds_summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(root / "seeds_report.md", "\n".join(lines))
     return summary

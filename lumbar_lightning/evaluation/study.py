@@ -16,7 +16,7 @@ import pandas as pd
 from lumbar_lightning.data.dataset import TRUTH_RATER
 from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.data.labels import GRADES
-from lumbar_lightning.evaluation.agreement import agreement
+from lumbar_lightning.evaluation.agreement import agreement, severity
 from lumbar_lightning.evaluation.statistics import bootstrap_ci, paired_ttest
 
 TASK_CLASSES = {"rootlet": ["cord", "rootlet"], "grade": list(GRADES)}
@@ -109,6 +109,8 @@ def pair_table(frame: pd.DataFrame, task: str, seed: int = 0) -> dict[str, dict[
         keep = (x != "") & (y != "")
         x, y, patients = x[keep], y[keep], data.loc[keep, "patient"]
         row = agreement(x, y, TASK_CLASSES[task])
+        if task == "grade":  # ordinal: gross errors and the rare grades' recall
+            row.update(severity(x, y, TASK_CLASSES[task]))
         row["ttest"] = paired_ttest(x, y)
         row["accuracy_ci95"] = list(bootstrap_ci(x, y, patients, seed=seed))
         out[f"{a}-{b}"] = row
