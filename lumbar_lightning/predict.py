@@ -110,10 +110,11 @@ class Ensemble:
 
     pipelines: list[Pipeline]
 
-    def predict(self, images: list[np.ndarray], pixel_mm: list[float]) -> list[Prediction]:
+    def predict(self, images: list[np.ndarray], pixel_mm: list[float], **kwargs: Any) -> list[Prediction]:
+        """``kwargs``: ``Pipeline.predict``'s ``boxes`` and ``series``, passed to every fold."""
         if len(self.pipelines) == 1:
-            return self.pipelines[0].predict(images, pixel_mm=pixel_mm)
-        per_fold = [p.predict(images, pixel_mm=pixel_mm) for p in self.pipelines]
+            return self.pipelines[0].predict(images, pixel_mm=pixel_mm, **kwargs)
+        per_fold = [p.predict(images, pixel_mm=pixel_mm, **kwargs) for p in self.pipelines]
         return [
             Prediction.decide(
                 np.mean([p.box for p in preds], axis=0),

@@ -397,10 +397,10 @@ def log_pipeline_run(
         run.log({"predictions": wandb.Table(dataframe=predictions.astype(str))})
 
 
-def predict_test_images(pipeline: Pipeline, dataset: LumbarDataset, patients: np.ndarray, fold: int,
-                        rater: str) -> pd.DataFrame:  # fmt: skip
-    """One row per labelled image of the test patients: every rater's labels, the chained prediction, and the
-    prediction on the training rater's own box (the ground-truth-box path)."""
+def predict_test_images(pipeline: Pipeline, dataset: LumbarDataset, patients: np.ndarray, fold: int | str,
+                        rater: str, gt_boxes: bool = True) -> pd.DataFrame:  # fmt: skip
+    """One row per labelled image of the test patients: every rater's labels, the chained prediction, and (with
+    ``gt_boxes``) the prediction on the training rater's own box (the ground-truth-box path)."""
     images = dataset.images.set_index("sop_instance_uid")
     tables = [dataset.labels] + ([dataset.truth] if dataset.truth is not None else [])
     labels = pd.concat([t.rows for t in tables])
@@ -420,6 +420,8 @@ def predict_test_images(pipeline: Pipeline, dataset: LumbarDataset, patients: np
     series = images.loc[uids, "series_instance_uid"].to_numpy()
     chained = pd.DataFrame([p.as_row() for p in pipeline.predict(pixels, pixel_mm=spacing, series=series)])
     frame = pd.concat([frame, chained], axis=1)
+    if not gt_boxes:
+        return frame
     own = dataset.labels.for_rater(rater)
     has_box = [uid in own.index for uid in uids]
     if any(has_box):

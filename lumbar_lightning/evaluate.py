@@ -1,0 +1,104 @@
+"""``lumbar-evaluate run_dir=CV_RUN data_dir=OTHER``: external validation, the way the field checks robustness.
+
+A finished cross-validation's fold ensemble (every fold of each rater's classifier, probabilities averaged, as
+``lumbar-predict`` grades) is applied unchanged to another labelled data set in the data contract. Every labelled
+image is graded, and the study's tables are written against that data set's own raters (and truth, when it has
+one): ``cv_summary.json`` (with the detection rate against the consensus box), ``report.md``, confusion-matrix
+figures, ``<rater>/fold_external/predictions.csv`` and, with W&B on, a summary run. The data set's raters keep
+their names, so ``A1-C1`` there is its rater A1 against the classifier trained on the run's A1.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+from torchvision.ops import box_iou
+
+from lumbar_lightning.cli import CONF_PATH, exit_on_contract_error, log, output_dir
+from lumbar_lightning.cv import log_summary_run
+from lumbar_lightning.data.datamodules import load_dataset
+from lumbar_lightning.data.errors import DataContractError
+from lumbar_lightning.data.labels import BOX_COLUMNS, CONSENSUS
+from lumbar_lightning.evaluation.report import render_report, write_cv_report
+from lumbar_lightning.io import atomic_write_text
+from lumbar_lightning.predict import Ensemble, fold_dirs, load_fold_pipeline
+from lumbar_lightning.runner import predict_test_images
+
+EXTERNAL_FOLD = "external"
+
+
+def trained_raters(run_dir: Path) -> list[str]:
+    """The raters whose classifiers a run folder holds (``<rater>/fold_<k>/pipeline.json``)."""
+    return sorted({p.parent.parent.name for p in Path(run_dir).glob("*/fold_*/pipeline.json")})
+
+
+def detection(predictions: pd.DataFrame, dataset: Any) -> dict[str, float]:
+    """Detection rate (IoU >= 0.5) and mean IoU of the predicted box against the raters' consensus box."""
+    truth = dataset.labels.for_rater(CONSENSUS).reindex(predictions["sop_instance_uid"])
+    keep = truth[BOX_COLUMNS[0]].notna().to_numpy()
+    pred = torch.tensor(predictions.loc[keep, [f"pred_{c}" for c in BOX_COLUMNS]].to_numpy(np.float32))
+    ref = torch.tensor(truth.loc[keep, list(BOX_COLUMNS)].to_numpy(np.float32))
+    iou = box_iou(pred, ref).diagonal() if len(pred) else torch.zeros(0)
+    return {"rate": float((iou >= 0.5).float().mean()), "iou": float(iou.mean()), "n": len(iou)}
+
+
+@exit_on_contract_error
+def evaluate(cfg: DictConfig, out: Path | None = None) -> dict[str, Any]:
+    run_dir, out = Path(cfg.run_dir), Path(out or output_dir())
+    raters = trained_raters(run_dir)
+    if not raters:
+        raise DataContractError(
+            f"{run_dir}: no trained fold (<rater>/fold_<k>/pipeline.json): is it a lumbar-cv run?"
+        )
+    dataset = load_dataset(cfg.data_dir, cfg.data.get("cache_dir"), cfg.data.pseudonym_salt)
+    patients = dataset.images["patient"].unique()
+    detections = {}
+    for rater in raters:
+        folds = fold_dirs(run_dir, rater, None)
+        ensemble = Ensemble([load_fold_pipeline(d, "cpu", int(cfg.data.eval_batch_size)) for d in folds])
+        log.info(f"classifier of {rater}: an ensemble of {len(folds)} fold(s) on {len(patients)} patient(s)")
+        gt_boxes = rater in dataset.labels.raters  # the gt-box path needs this rater's boxes in the data set
+        predictions = predict_test_images(ensemble, dataset, patients, EXTERNAL_FOLD, rater, gt_boxes)  # type: ignore[arg-type]
+        target = out / rater / f"fold_{EXTERNAL_FOLD}" / "predictions.csv"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(target, predictions.to_csv(index=False))
+        detections[rater] = detection(predictions, dataset)
+    summary = write_cv_report(
+        out, seed=cfg.seed, title=f"lumbar-lightning external validation: {Path(cfg.data_dir).name}"
+    )
+    summary["detection"] = detections
+    summary["external"] = {"run_dir": str(run_dir), "data_dir": str(cfg.data_dir), "raters": raters}
+    atomic_write_text(out / "cv_summary.json", json.dumps(summary, indent=2, default=float))
+    report = render_report(summary, f"lumbar-lightning external validation: {Path(cfg.data_dir).name}")
+    lines = [
+        "",
+        "## Detection (against the raters' consensus box)",
+        "",
+        "| classifier of | rate % | mean IoU | n |",
+    ]
+    lines.append("|---|---|---|---|")
+    lines += [f"| {r} | {100 * d['rate']:.1f} | {d['iou']:.3f} | {d['n']} |" for r, d in detections.items()]
+    atomic_write_text(out / "report.md", report + "\n".join(lines) + "\n")
+    log_summary_run(cfg, out, summary)
+    for pair, row in summary["grade"].items():
+        log.info(
+            f"grade {pair}: {100 * row['accuracy']:.1f}% (macro F1 {100 * row['f1_macro']:.1f}, n={row['n']})"
+        )
+    log.info(f"report: {out / 'report.md'}")
+    return summary
+
+
+@hydra.main(config_path=CONF_PATH, config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()
