@@ -43,8 +43,19 @@ PINNED_ENV = {
 }
 
 #: Packages whose versions decide the numbers (the lock file pins them; a run records them).
-PACKAGES = ("torch", "torchvision", "lightning", "numpy", "opencv-python-headless", "pydicom", "scipy",
-            "scikit-learn", "pandas", "torchmetrics", "albumentations")  # fmt: skip
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "lightning",
+    "numpy",
+    "opencv-python-headless",
+    "pydicom",
+    "scipy",
+    "scikit-learn",
+    "pandas",
+    "torchmetrics",
+    "albumentations",
+)
 
 _state: dict[str, Any] = {"mode": None, "late": []}
 
@@ -94,8 +105,11 @@ def numpy_numerics() -> dict[str, Any]:
     import numpy as np
     from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
 
-    return {"mode": _state["mode"] or mode(), "numpy": np.__version__,
-            "numpy_simd": [t for t in __cpu_dispatch__ if __cpu_features__.get(t)]}  # fmt: skip
+    return {
+        "mode": _state["mode"] or mode(),
+        "numpy": np.__version__,
+        "numpy_simd": [t for t in __cpu_dispatch__ if __cpu_features__.get(t)],
+    }
 
 
 def fingerprint() -> dict[str, Any]:
@@ -184,8 +198,12 @@ def layer_hashes(work_dir: str | os.PathLike[str]) -> dict[str, str]:
     out["detector_input"] = digest(resized)
     labels = dataset.labels.for_rater("A1")
     geometry = PatchGeometry(size=32)
-    patches = np.stack([dataset.patch(u, tuple(labels.loc[u, list(BOX_COLUMNS)].astype(float)), geometry, 1.35)
-                        for u in labels.index])  # fmt: skip
+    patches = np.stack(
+        [
+            dataset.patch(u, tuple(labels.loc[u, list(BOX_COLUMNS)].astype(float)), geometry, 1.35)
+            for u in labels.index
+        ]
+    )
     out["patches"] = digest(patches)
     augment = PaperAugment(AugmentConfig(), 0)
     augmented = np.stack([augment(p, 1000 + i, out_size=32)[0] for i, p in enumerate(patches)])
@@ -209,8 +227,10 @@ def layer_hashes(work_dir: str | os.PathLike[str]) -> dict[str, str]:
     torch.manual_seed(0)
     detector = CanalDetector(image_size=96)
     images = [torch.from_numpy(r)[None] for r in resized[:8]]
-    targets = [{"boxes": torch.tensor([[30.0, 30.0, 60.0, 60.0]]), "labels": torch.ones(1, dtype=torch.int64)}
-               for _ in images]  # fmt: skip
+    targets = [
+        {"boxes": torch.tensor([[30.0, 30.0, 60.0, 60.0]]), "labels": torch.ones(1, dtype=torch.int64)}
+        for _ in images
+    ]
     loss = sum(detector.net(detector._three_channels(images), targets).values())
     out["detector_loss"] = digest(loss)
     loss.backward()
