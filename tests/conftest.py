@@ -101,7 +101,9 @@ def tiny_run(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     root = tmp_path_factory.mktemp("tiny_run")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(
-            config_name="train", overrides=[f"data.data_dir={tiny_phantom}", "logger=none", *TINY_CV]
+            # threads=1: the fold's numbers depend on the thread count, and reproduce tests train it again
+            config_name="train",
+            overrides=[f"data.data_dir={tiny_phantom}", "logger=none", "threads=1", *TINY_CV],
         )
     run_fold(cfg, 0, "A1", root / "A1" / "fold_0")
     return root

@@ -82,7 +82,7 @@ def test_make_reproduce_finds_no_difference_for_a_recorded_fold(tiny_run: Path, 
     recorded = json.loads((reference / "A1" / "fold_0.json").read_text())
     assert "seconds" not in recorded and "fit_seconds" not in recorded["grade"]["gt_box"]
     cmd = [sys.executable, "-m", "lumbar_lightning.reproduce", f"data_dir={tiny_phantom}", "logger=none",
-           f"reference={reference}", f"hydra.run.dir={tmp_path / 'again'}", *TINY_CV]  # fmt: skip
+           f"reference={reference}", f"hydra.run.dir={tmp_path / 'again'}", "threads=1", *TINY_CV]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "fold 0 rater A1: identical to" in result.stdout + result.stderr
@@ -207,7 +207,7 @@ def test_reproduce_names_the_changed_environment_and_fails_outside_the_spread(
     fold["grade"]["chained"]["accuracy"] = accuracy + 0.5  # far outside a 0.01 seed-to-seed spread
     (reference / "A1" / "fold_0.json").write_text(json.dumps(fold))
     cmd = [sys.executable, "-m", "lumbar_lightning.reproduce", f"data_dir={tiny_phantom}", "logger=none",
-           f"reference={reference}", f"hydra.run.dir={tmp_path / 'again'}", *TINY_CV]  # fmt: skip
+           f"reference={reference}", f"hydra.run.dir={tmp_path / 'again'}", "threads=1", *TINY_CV]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     log = result.stdout + result.stderr
     assert result.returncode == 1, log[-3000:]
