@@ -396,7 +396,7 @@ def run(small: bool = False) -> dict[str, Any]:
     out["gemm_fp32_gflop_per_s"] = peak / 1e9
     out.update(compute_section(presets, peak, steps=1 if small else 5, small=small))
     out.update(overhead_section(presets["demo"], steps=4 if small else 240, rounds=2 if small else 7))
-    out.update(numerics_section(steps=1 if small else 5, rounds=2 if small else 5))
+    out.update(numerics_section(steps=1 if small else 5, rounds=1 if small else 5))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "ph"
         config = PhantomConfig(n_patients=4 if small else 10, image_size=96 if small else 320, seed=3)

@@ -44,6 +44,11 @@ def test_bench_smoke_reports_every_section_as_numbers() -> None:
     for key in keys:
         assert out[key] > 0, key
     assert out["overhead/ratio_spread"] >= 0
+    assert out["numerics/pinned_step_seconds"] > 0 and out["numerics/native_step_seconds"] > 0
+    assert (
+        out["numerics/pinned_over_native"]
+        == out["numerics/pinned_step_seconds"] / out["numerics/native_step_seconds"]
+    )
     assert out["data/loader_over_model"] == out["data/loader_images_per_s"] / out["data/model_images_per_s"]
     assert set(out["targets"]) == set(TARGETS)
     for key, target in out["targets"].items():
