@@ -338,11 +338,9 @@ def _to_cuda(batch: dict[str, Any], channels_last: bool) -> dict[str, Any]:
 # -- numerics: pinned vs native ------------------------------------------------------------------------------
 def numerics_workload(steps: int) -> float:
     """Seconds for ``steps`` demo training steps of each stage, one thread (what a CV worker runs)."""
-    import warnings as _w
-
     from lumbar_lightning.runner import build_modules
 
-    _w.filterwarnings("ignore")
+    warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     cfg = preset("demo")
     modules = build_modules(cfg)

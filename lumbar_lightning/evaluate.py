@@ -10,7 +10,6 @@ their names, so ``A1-C1`` there is its rater A1 against the classifier trained o
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from lumbar_lightning.cv import log_summary_run
 from lumbar_lightning.data.datamodules import load_dataset
 from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.data.labels import BOX_COLUMNS, CONSENSUS
-from lumbar_lightning.evaluation.report import render_report, write_cv_report
+from lumbar_lightning.evaluation.report import write_cv_report
 from lumbar_lightning.io import atomic_write_text
 from lumbar_lightning.predict import Ensemble, fold_dirs, load_fold_pipeline
 from lumbar_lightning.runner import predict_test_images
@@ -70,13 +69,6 @@ def evaluate(cfg: DictConfig, out: Path | None = None) -> dict[str, Any]:
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(target, predictions.to_csv(index=False))
         detections[rater] = detection(predictions, dataset)
-    summary = write_cv_report(
-        out, seed=cfg.seed, title=f"lumbar-lightning external validation: {Path(cfg.data_dir).name}"
-    )
-    summary["detection"] = detections
-    summary["external"] = {"run_dir": str(run_dir), "data_dir": str(cfg.data_dir), "raters": raters}
-    atomic_write_text(out / "cv_summary.json", json.dumps(summary, indent=2, default=float))
-    report = render_report(summary, f"lumbar-lightning external validation: {Path(cfg.data_dir).name}")
     lines = [
         "",
         "## Detection (against the raters' consensus box)",
@@ -85,7 +77,16 @@ def evaluate(cfg: DictConfig, out: Path | None = None) -> dict[str, Any]:
     ]
     lines.append("|---|---|---|---|")
     lines += [f"| {r} | {100 * d['rate']:.1f} | {d['iou']:.3f} | {d['n']} |" for r, d in detections.items()]
-    atomic_write_text(out / "report.md", report + "\n".join(lines) + "\n")
+    summary = write_cv_report(
+        out,
+        seed=cfg.seed,
+        title=f"lumbar-lightning external validation: {Path(cfg.data_dir).name}",
+        extra={
+            "detection": detections,
+            "external": {"run_dir": str(run_dir), "data_dir": str(cfg.data_dir), "raters": raters},
+        },
+        appendix="\n".join(lines) + "\n",
+    )
     log_summary_run(cfg, out, summary)
     for pair, row in summary["grade"].items():
         log.info(

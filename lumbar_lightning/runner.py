@@ -176,7 +176,7 @@ def _fit_stage(cfg: DictConfig, stage: str, module: StageModule, datamodule: L.L
     fit_seconds = time.perf_counter() - start
     # Under ddp_spawn the fit ran in other processes, and a fit resumed from a last.ckpt of its final epoch logs
     # nothing: the best validation value is read from the checkpoint, never from in-process state.
-    best_val = _checkpoint_best(ckpt_dir / "last.ckpt")
+    best_val, epochs = _checkpoint_progress(ckpt_dir / "last.ckpt")
     if (ckpt_dir / "best.ckpt").exists():
         load_stage_weights(module, ckpt_dir / "best.ckpt")
     _reload_csv_columns(tester)
@@ -187,8 +187,8 @@ def _fit_stage(cfg: DictConfig, stage: str, module: StageModule, datamodule: L.L
     tester.test(module, datamodule=datamodule, verbose=False)
     metrics = dict(module.last_metrics.get("test", {}))
     metrics.update(best_val_metrics)
-    metrics["best_val"] = float(best_val) if best_val is not None else float("nan")
-    metrics["epochs"] = _checkpoint_epochs(ckpt_dir / "last.ckpt")
+    metrics["best_val"] = best_val
+    metrics["epochs"] = epochs
     metrics["fit_seconds"] = round(fit_seconds, 2)
     if wandb_settings(cfg) is not None and "test/confmat" in metrics:
         _log_confusion(
@@ -212,19 +212,14 @@ def _reload_csv_columns(trainer: L.Trainer) -> None:
             lg.experiment.metrics_keys = sorted(set(lg.experiment.metrics_keys) | set(header))
 
 
-def _checkpoint_best(path: Path) -> float | None:
-    """The tracked best validation value (``val_best``, persistent in the module's state) of a checkpoint."""
+def _checkpoint_progress(path: Path) -> tuple[float, int]:
+    """The tracked best validation value (``val_best``, persistent in the module's state) and the epochs trained,
+    as the last checkpoint records them (NaN and 0 when there is none, e.g. fast_dev_run)."""
     if not path.exists():
-        return None
-    value = torch.load(path, map_location="cpu", weights_only=True)["state_dict"].get("val_best.max_value")
-    return None if value is None else float(value)
-
-
-def _checkpoint_epochs(path: Path) -> int:
-    """Epochs trained, as the last checkpoint records them (0 when there is none, e.g. fast_dev_run)."""
-    if not path.exists():
-        return 0
-    return int(torch.load(path, map_location="cpu", weights_only=True).get("epoch", -1)) + 1
+        return float("nan"), 0
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    best = ckpt["state_dict"].get("val_best.max_value")
+    return (float("nan") if best is None else float(best)), int(ckpt.get("epoch", -1)) + 1
 
 
 def _log_confusion(trainer: L.Trainer, confmat: list[list[int]], classes: list[str], title: str) -> None:

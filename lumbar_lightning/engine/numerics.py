@@ -82,6 +82,11 @@ def pin() -> str:
     return current
 
 
+def _current_mode() -> str:
+    """The mode ``pin()`` applied (what the libraries read), else the one the environment asks for."""
+    return _state["mode"] or mode()
+
+
 def _version(name: str) -> str | None:
     try:
         return metadata.version(name)
@@ -106,7 +111,7 @@ def numpy_numerics() -> dict[str, Any]:
     from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
 
     return {
-        "mode": _state["mode"] or mode(),
+        "mode": _current_mode(),
         "numpy": np.__version__,
         "numpy_simd": [t for t in __cpu_dispatch__ if __cpu_features__.get(t)],
     }
@@ -119,10 +124,10 @@ def fingerprint() -> dict[str, Any]:
     import torch
 
     numerics = {
-        "mode": _state["mode"] or mode(),
+        "mode": _current_mode(),
         "pinned_late": list(_state["late"]),
         "python": platform.python_version(),
-        "packages": {name: _version(name) for name in PACKAGES if _version(name) is not None},
+        "packages": {name: v for name in PACKAGES if (v := _version(name)) is not None},
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "native"),
         "mkldnn_enabled": bool(torch.backends.mkldnn.enabled),
@@ -138,11 +143,6 @@ def fingerprint() -> dict[str, Any]:
         "torch_config": torch.__config__.show().splitlines()[1:4],
     }
     return {"numerics": numerics, "machine": machine}
-
-
-def numerics_key(env: dict[str, Any]) -> str:
-    """A short hash of what decides the numbers, for logs and W&B configs."""
-    return hashlib.sha256(json.dumps(env.get("numerics", {}), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def differing_fields(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:

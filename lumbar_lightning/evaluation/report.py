@@ -131,10 +131,17 @@ def render_report(summary: dict[str, Any], title: str = "lumbar-lightning cross-
     return "\n".join(lines)
 
 
-def write_cv_report(root: Path | str, seed: int = 0, title: str | None = None) -> dict[str, Any]:
-    """Write ``cv_summary.json``, ``report.md`` and the confusion-matrix figures into the run folder."""
+def write_cv_report(
+    root: Path | str,
+    seed: int = 0,
+    title: str | None = None,
+    extra: dict[str, Any] | None = None,
+    appendix: str = "",
+) -> dict[str, Any]:
+    """Write ``cv_summary.json``, ``report.md`` and the confusion-matrix figures into the run folder; ``extra``
+    joins the summary and ``appendix`` ends the report (what an external validation adds)."""
     root = Path(root)
-    summary = cv_summary(root, seed)
+    summary = {**cv_summary(root, seed), **(extra or {})}
     for task in ("rootlet", "grade"):
         pairs = [p for p in summary[task] if not p.startswith("truth-")] + [
             p for p in summary[task] if p.startswith("truth-")
@@ -146,9 +153,8 @@ def write_cv_report(root: Path | str, seed: int = 0, title: str | None = None) -
             root / "figures" / f"confusion_{task}.png",
         )
     atomic_write_text(root / "cv_summary.json", json.dumps(summary, indent=2, default=float))
-    atomic_write_text(
-        root / "report.md", render_report(summary, title or f"lumbar-lightning cross-validation: {root.name}")
-    )
+    report = render_report(summary, title or f"lumbar-lightning cross-validation: {root.name}")
+    atomic_write_text(root / "report.md", report + appendix)
     return summary
 
 
@@ -164,15 +170,12 @@ def seeds_summary(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
         out[task] = {}
         for pair in pairs:
             rows = [s[task][pair] for s in per_seed.values()]
-            out[task][pair] = {
-                m: {
-                    "values": [float(r[m]) for r in rows],
-                    "mean": float(np.mean([r[m] for r in rows])),
-                    "std": float(np.std([r[m] for r in rows], ddof=1)) if len(rows) > 1 else 0.0,
-                }
-                for m in SEED_METRICS
-                if all(m in r for r in rows)
-            }
+            out[task][pair] = {}
+            for m in SEED_METRICS:
+                if all(m in r for r in rows):
+                    values = [float(r[m]) for r in rows]
+                    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+                    out[task][pair][m] = {"values": values, "mean": float(np.mean(values)), "std": std}
     return out
 
 
