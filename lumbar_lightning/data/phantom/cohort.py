@@ -183,7 +183,8 @@ def _jitter_box(box: tuple[float, ...], jitter: np.ndarray, size: int) -> list[f
     return [round(float(np.clip(v, 0, size)), 2) for v in (x0, y0, x1, y1)]
 
 
-def _write_csv(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None:
+def write_csv(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None:
+    """Write ``rows`` atomically (a half-written labels file would look like a smaller cohort)."""
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=fields)
     writer.writeheader()
@@ -220,8 +221,8 @@ class PhantomCohort:
                 )
         truth = [row for res in results for row in res["truth"]]
         labels = [row for res in results for row in res["labels"]]
-        _write_csv(out_dir / "truth.csv", TRUTH_FIELDS, truth)
-        _write_csv(out_dir / "labels.csv", LABEL_FIELDS, labels)
+        write_csv(out_dir / "truth.csv", TRUTH_FIELDS, truth)
+        write_csv(out_dir / "labels.csv", LABEL_FIELDS, labels)
         seconds = time.perf_counter() - start
         cohort = cls(out_dir, cfg, len(truth), seconds)
         atomic_write_text(out_dir / "phantom.json", json.dumps(cohort.manifest(), indent=2))

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 
-from lumbar_lightning.data.dicom import decode_pixels
+from lumbar_lightning.data.dicom import decode_pixels, iter_files
 
 ROWS = (("cord", "cord"), ("A", "grade A"), ("B", "grade B"), ("C", "grade C"), ("D", "grade D"))
 RATER_COLOURS = {"A1": "#ff4040", "A2": "#40a0ff"}
@@ -34,7 +34,7 @@ def samples_figure(root: Path | str, out_png: Path | str, per_row: int = 5, crop
     truth = pd.read_csv(root / "truth.csv", dtype={"grade": str}, keep_default_na=False)
     labels = pd.read_csv(root / "labels.csv", dtype={"grade": str}, keep_default_na=False)
     paths = {}
-    for path in (root / "dicom").rglob("*.dcm"):
+    for path in iter_files(root / "dicom"):  # every file: some vendors write no extension
         paths[
             str(
                 pydicom.dcmread(
