@@ -164,7 +164,10 @@ def cross_validate(cfg: DictConfig, root: Path | None = None) -> dict[str, Any]:
         ),
     )
     summary = write_cv_report(
-        root, seed=cfg.seed, title=f"lumbar-lightning cross-validation: {cfg.experiment_name}"
+        root,
+        seed=cfg.seed,
+        title=f"lumbar-lightning cross-validation: {cfg.experiment_name}",
+        image_of=prepare_data(cfg).cache.get,
     )
     log_summary_run(cfg, root, summary)
     for task in ("rootlet", "grade"):

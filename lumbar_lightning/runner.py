@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lumbar_lightning.data.datamodules import LEVEL_INDEX, PatchDataModule, SliceDataModule, load_dataset
+from lumbar_lightning.data.datamodules import BOX, LEVEL_INDEX, PatchDataModule, SliceDataModule, load_dataset
 from lumbar_lightning.data.dataset import LumbarDataset
 from lumbar_lightning.data.labels import CONSENSUS, GRADES
 from lumbar_lightning.data.transforms import PatchGeometry
@@ -242,10 +242,17 @@ def stage_geometry(cfg: DictConfig, stage: str) -> PatchGeometry:
     return PatchGeometry(**values)
 
 
+def baseline_enabled(cfg: DictConfig) -> bool:
+    """Whether each fold also trains the baseline CNN (``model.baseline``) on the rater's boxes (``baseline=``)."""
+    return bool(cfg.get("baseline", False)) and cfg.model.get("baseline") is not None
+
+
 def build_modules(cfg: DictConfig) -> dict[str, StageModule]:
-    """The three LightningModules from their configs (``model.<stage>.module``)."""
+    """The three LightningModules from their configs (``model.<stage>.module``), then the baseline's if enabled
+    (built last, so the three stages' initial weights do not depend on whether it is)."""
+    stages = (*STAGES, "baseline") if baseline_enabled(cfg) else STAGES
     # _convert_="all": plain lists and dicts in hyperparameters, so checkpoints load with weights_only=True.
-    return {stage: hydra.utils.instantiate(cfg.model[stage].module, _convert_="all") for stage in STAGES}
+    return {stage: hydra.utils.instantiate(cfg.model[stage].module, _convert_="all") for stage in stages}
 
 
 def run_fold(
@@ -270,8 +277,9 @@ def run_fold(
     detector: CanalDetector = modules["detector"]  # type: ignore[assignment]
     rootlet: RootletClassifier = modules["rootlet"]  # type: ignore[assignment]
     grader: GradeClassifier = modules["grade"]  # type: ignore[assignment]
-    geometry = {stage: stage_geometry(cfg, stage) for stage in ("rootlet", "grade")}
-    write_pipeline_spec(out_dir, cfg, modules, geometry)
+    patch_stages = [s for s in modules if s != "detector"]  # rootlet, grade and the baseline if enabled
+    geometry = {stage: stage_geometry(cfg, stage) for stage in patch_stages}
+    write_pipeline_spec(out_dir, cfg, {s: modules[s] for s in STAGES}, geometry)
 
     metrics: dict[str, Any] = {"fold": fold, "rater": rater}
     box_rater = detector_rater(cfg, rater)
@@ -284,9 +292,12 @@ def run_fold(
         cfg, "detector", detector, det_dm, out_dir, f"{box_rater}-detector-fold{fold}", tracking_dir
     )
     metrics["detector"]["boxes"] = box_rater
-    for stage, module in (("rootlet", rootlet), ("grade", grader)):
+    patch_data: dict[str, PatchDataModule] = {}
+    for stage in patch_stages:
+        module = modules[stage]
         stage_cfg = cfg.model[stage]
-        dm = PatchDataModule(task=stage, patch=geometry[stage], balanced=stage_cfg.balanced,
+        task = "rootlet" if stage == "rootlet" else "grade"
+        dm = PatchDataModule(task=task, patch=geometry[stage], balanced=stage_cfg.balanced,
                              samples_per_epoch=stage_cfg.get("samples_per_epoch"),
                              series_reference=module.hparams.series_reference,
                              **_data_kwargs(cfg, fold, rater, stage_cfg))  # fmt: skip
@@ -295,10 +306,20 @@ def run_fold(
         metrics[stage] = {
             "gt_box": _fit_stage(cfg, stage, module, dm, out_dir, f"{rater}-{stage}-fold{fold}", tracking_dir)
         }
+        patch_data[stage] = dm
 
     pipeline = Pipeline(detector, rootlet, grader, geometry["rootlet"], batch_size=cfg.data.eval_batch_size,
                         grade_patch=geometry["grade"])  # fmt: skip
     predictions = predict_test_images(pipeline, dataset, det_dm.rows["test"]["patient"].unique(), fold, rater)
+    if "baseline" in modules:
+        predictions["baseline_grade"] = baseline_grades(
+            modules["baseline"],
+            dataset,
+            predictions["sop_instance_uid"],
+            rater,
+            geometry["baseline"],  # type: ignore[arg-type]
+            cfg.data.eval_batch_size,
+        )
     atomic_write_text(out_dir / "predictions.csv", predictions.to_csv(index=False))
     metrics["rootlet"]["chained"], metrics["grade"]["chained"] = chained_metrics(predictions, rater)
     metrics["grade"]["chained_balanced"] = chained_metrics(predictions, rater, balanced=True)[1]
@@ -429,6 +450,33 @@ def predict_test_images(pipeline: Pipeline, dataset: LumbarDataset, patients: np
         frame.loc[idx, "gt_box_level"] = [p.level for p in gt]
         frame.loc[idx, "gt_box_grade"] = [p.grade for p in gt]
     return frame
+
+
+@torch.no_grad()
+def baseline_grades(
+    module: GradeClassifier,
+    dataset: LumbarDataset,
+    uids: pd.Series,
+    rater: str,
+    geometry: PatchGeometry,
+    batch_size: int = 256,
+) -> list[str]:
+    """The baseline's grade of each image on ``rater``'s own box, where the rater graded it ("" elsewhere): the
+    baseline needs no detector and no level call, which is what makes it the simplest honest comparison."""
+    own = dataset.labels.for_rater(rater)
+    graded = [uid for uid in uids if uid in own.index and own.at[uid, "grade"] != ""]
+    out = dict.fromkeys(uids, "")
+    module.eval()
+    for start in range(0, len(graded), batch_size):
+        part = graded[start : start + batch_size]
+        boxes = own.loc[part, BOX].to_numpy(dtype=float)
+        patches = np.stack(
+            [dataset.patch(uid, tuple(box), geometry, 1.0) for uid, box in zip(part, boxes, strict=True)]
+        )
+        x = torch.from_numpy(patches).float()[:, None]
+        calls = module.class_log_probs(module(x)).argmax(-1).tolist()
+        out.update({uid: GRADES[c] for uid, c in zip(part, calls, strict=True)})
+    return [out[uid] for uid in uids]
 
 
 def chained_metrics(predictions: pd.DataFrame, rater: str, balanced: bool = False) -> tuple[dict, dict]:

@@ -86,6 +86,7 @@ TINY_CV = [
     "model.detector.trainer.max_epochs=1", "+model.detector.trainer.limit_train_batches=2",
     "model.rootlet.trainer.max_epochs=1", "model.grade.trainer.max_epochs=1",
     "model.rootlet.samples_per_epoch=64", "model.grade.samples_per_epoch=64",
+    "model.baseline.trainer.max_epochs=1", "model.baseline.samples_per_epoch=64",
     "trainer.enable_progress_bar=false", "experiment_name=tinycv",
 ]  # fmt: skip
 

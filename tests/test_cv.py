@@ -107,13 +107,47 @@ def test_report_and_figures(tiny_cv: Path) -> None:
     for task in ("rootlet", "grade"):
         png = tiny_cv / "figures" / f"confusion_{task}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"figures/confusion_{task}.png" in report
+    summary = json.loads((tiny_cv / "cv_summary.json").read_text())
+    # The worst cases: the most confident wrong grades against the truth, gross errors first, shown by pseudonym.
+    cases = summary["worst_cases"]
+    assert cases and "figures/worst_cases.png" in report
+    assert (tiny_cv / "figures" / "worst_cases.png").read_bytes()[:4] == b"\x89PNG"
+    assert all(c["pred_grade"] != c["reference"] and c["patient"].startswith("P-") for c in cases)
+    keys = [(-c["distance"], -c["confidence"]) for c in cases]
+    assert keys == sorted(keys)
+
+
+def test_the_baseline_cnn_is_trained_on_the_same_folds_and_reported(tiny_cv: Path) -> None:
+    """Bk, the plain CNN on rater Ak's boxes, lands beside Ck in the tables, the summary and the report."""
+    summary = json.loads((tiny_cv / "cv_summary.json").read_text())
+    assert {"A1-B1", "A2-B2", "truth-B1", "truth-B2"} <= set(summary["grade"])
+    assert "A1-B1" not in summary["rootlet"]  # the baseline grades only
+    frame = load_cv_predictions(tiny_cv)
+    graded = task_set(frame, "grade")
+    assert summary["grade"]["truth-B1"]["n"] == summary["grade"]["truth-C1"]["n"] == len(graded)
+    assert summary["grade"]["A1-B1"]["accuracy"] == pytest.approx(
+        (graded["grade_A1"] == graded["grade_B1"]).mean()
+    )
+    row = summary["baseline"]["truth-1"]
+    assert row["baseline"]["accuracy"] == pytest.approx(summary["grade"]["truth-B1"]["accuracy"])
+    assert row["pipeline_minus_baseline"]["accuracy"] == pytest.approx(
+        summary["grade"]["truth-C1"]["accuracy"] - summary["grade"]["truth-B1"]["accuracy"]
+    )
+    assert "## Pipeline against the baseline CNN" in (tiny_cv / "report.md").read_text()
+    for fold in range(4):  # its own checkpoints and test metrics on the rater's boxes, per fold
+        metrics = json.loads((tiny_cv / "A1" / f"fold_{fold}" / "metrics.json").read_text())
+        assert 0.0 <= metrics["baseline"]["gt_box"]["test/acc"] <= 1.0
+        assert (tiny_cv / "A1" / f"fold_{fold}" / "checkpoints" / "baseline" / "best.ckpt").exists()
 
 
 def test_wandb_offline_runs_are_one_per_rater_stage_fold(tiny_cv: Path) -> None:
     runs = offline_runs(tiny_cv)
     assert all(r["dir"].parent == tiny_cv / "logs" / "wandb" for r in runs.values())  # one folder per CV
     expected = {
-        f"{r}-{s}-fold{k}" for r in ("A1", "A2") for s in ("rootlet", "grade", "pipeline") for k in range(4)
+        f"{r}-{s}-fold{k}"
+        for r in ("A1", "A2")
+        for s in ("rootlet", "grade", "baseline", "pipeline")
+        for k in range(4)
     } | {f"consensus-detector-fold{k}" for k in range(4)}  # one detector per fold, trained once
     assert expected | {"cv-summary"} == set(runs)
     assert {r["group"] for r in runs.values()} == {"tinycv"}

@@ -246,3 +246,18 @@ def test_paper_augment_crops_flips_and_draws_the_configured_rates() -> None:
         and angles.max() <= cfg.rotate_deg
         and angles.std() > cfg.rotate_deg / 2
     )
+
+
+def test_the_baseline_cnn_is_small_and_plain() -> None:
+    """model/grade=baseline: four conv layers (no VGG blocks), a few thousand weights, four grade logits."""
+
+    from lumbar_lightning.models.stages import GradeClassifier
+
+    plain = GradeClassifier(arch="plain", width=0.5, channels_last=False)
+    vgg = GradeClassifier(width=0.125)
+    convs = [m for m in plain.net.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [8, 16, 32, 32]
+    assert sum(p.numel() for p in plain.parameters()) < sum(p.numel() for p in vgg.parameters())
+    assert plain(torch.zeros(3, 1, 32, 32)).shape == (3, 4)
+    with pytest.raises(ValueError, match="arch must be"):
+        GradeClassifier(arch="resnet")

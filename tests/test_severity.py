@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from lumbar_lightning.data.labels import GRADES
@@ -46,3 +47,35 @@ def test_cv_summary_and_report_carry_them(tmp_path: Path) -> None:
                "paper": {"grade_distribution": {}}, "per_fold": {}}  # fmt: skip
     report = render_report(json.loads(json.dumps(summary, default=float)))
     assert "| A1-C1 | 3 | 50.0 | 50.0 | 100.0 | 0.0 | 50.0 |" in report
+
+
+def test_worst_cases_put_gross_errors_first_then_confidence() -> None:
+    from lumbar_lightning.evaluation.figures import worst_cases
+
+    def row(uid: str, pred: str, truth: str, conf: float, a1: str = "A") -> dict[str, object]:
+        probs = {f"p_{g}": (conf if g == pred else (1 - conf) / 3) for g in "ABCD"}
+        return {
+            "sop_instance_uid": uid,
+            "trained_on": "A1",
+            "grade_A1": a1,
+            "grade_truth": truth,
+            "pred_grade": pred,
+            **probs,
+        }
+
+    frame = pd.DataFrame(
+        [
+            row("one-off", "B", "A", 0.9),
+            row("two-off", "C", "A", 0.6),
+            row("right", "A", "A", 0.99),
+            row("three-off", "A", "D", 0.5),
+            row("cord", "", "A", 0.9),
+            row("one-off-2", "B", "C", 0.95),
+        ]
+    )
+    cases = worst_cases(frame)
+    assert cases["sop_instance_uid"].tolist() == ["three-off", "two-off", "one-off-2", "one-off"]
+    assert cases["distance"].tolist() == [3, 2, 1, 1]
+    # Without a truth the reference is the rater the classifier learnt from.
+    no_truth = frame.assign(grade_truth="")
+    assert worst_cases(no_truth)["sop_instance_uid"].tolist() == ["two-off", "one-off-2", "one-off"]

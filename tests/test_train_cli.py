@@ -40,6 +40,7 @@ def test_short_run_writes_checkpoints_predictions_and_metrics(tiny_phantom: Path
         tiny_phantom, tmp_path / "run", "data.rater=A2", "model.detector.trainer.max_epochs=1",
         "+model.detector.trainer.limit_train_batches=2", "model.rootlet.trainer.max_epochs=1",
         "model.grade.trainer.max_epochs=2", "model.grade.samples_per_epoch=64", "model.rootlet.samples_per_epoch=64",
+        "model.baseline.trainer.max_epochs=1", "model.baseline.samples_per_epoch=64",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "run" / "A2" / "fold_0"

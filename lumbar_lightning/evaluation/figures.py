@@ -45,3 +45,72 @@ def confusion_grid(
     fig.savefig(out_png, dpi=110, metadata={"Software": "lumbar-lightning"})
     plt.close(fig)
     return out_png
+
+
+def worst_cases(predictions: Any, n: int = 12) -> Any:
+    """The most confident wrong grades of the chained pipeline, errors of two grades or more first.
+
+    ``predictions``: every fold's ``predictions.csv`` of a run, concatenated (one row per image and classifier).
+    The reference is the truth where the data set has one, else the rater the classifier learnt from.
+    """
+    import pandas as pd
+
+    grades = ["A", "B", "C", "D"]
+    frame = predictions.copy()
+    truth = "grade_truth" in frame and (frame["grade_truth"] != "").any()
+    frame["reference"] = (
+        frame["grade_truth"] if truth else [row[f"grade_{row['trained_on']}"] for _, row in frame.iterrows()]
+    )
+    frame = frame[(frame["pred_grade"] != "") & (frame["reference"] != "")]
+    frame = frame[frame["pred_grade"] != frame["reference"]]
+    if frame.empty:
+        return pd.DataFrame(columns=[*predictions.columns, "reference", "confidence", "distance"])
+    index = {g: i for i, g in enumerate(grades)}
+    frame = frame.assign(
+        confidence=[float(row[f"p_{row['pred_grade']}"]) for _, row in frame.iterrows()],
+        distance=(frame["pred_grade"].map(index) - frame["reference"].map(index)).abs(),
+    )
+    frame = frame.sort_values(["distance", "confidence"], ascending=False, kind="stable")
+    return frame.drop_duplicates("sop_instance_uid").head(n)
+
+
+def failure_grid(cases: Any, image_of: Any, out_png: Path | str, crop_factor: float = 3.0) -> Path:
+    """One panel per case: the canal region with the detected box, the call, its confidence, the raters' grades
+    and the reference. Patients appear by pseudonym only."""
+    n = max(1, len(cases))
+    cols = min(6, n)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.7 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes.flat[len(cases) :]:
+        ax.axis("off")
+    raters = sorted(
+        c[len("grade_") :] for c in cases.columns if c.startswith("grade_") and c != "grade_truth"
+    )
+    for ax, (_, row) in zip(axes.flat, cases.iterrows(), strict=False):
+        image = np.asarray(image_of(row["sop_instance_uid"]), dtype=np.float32)
+        x0, y0, x1, y1 = (float(row[f"pred_{k}"]) for k in ("x_min", "y_min", "x_max", "y_max"))
+        cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, crop_factor * max(x1 - x0, y1 - y0) / 2
+        ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+        ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.0, color="#ffcc00"))
+        ax.set_xlim(cx - half, cx + half)
+        ax.set_ylim(cy + half, cy - half)
+        said = " ".join(f"{r}:{row[f'grade_{r}'] or '-'}" for r in raters)
+        who = "C" + str(row["trained_on"])[1:]
+        ax.set_title(
+            f"{who} {row['pred_grade']} ({100 * row['confidence']:.0f}%), ref {row['reference']}\n"
+            f"{said}  {row['vertebral_level']} {row['patient']}",
+            fontsize=6.5,
+            color="#b00000" if row["distance"] >= 2 else "black",
+        )
+    fig.suptitle(
+        "Most confident wrong grades (red: two grades or more off); detected box in yellow", fontsize=9
+    )
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110, metadata={"Software": "lumbar-lightning"})
+    plt.close(fig)
+    return out_png

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lumbar_lightning.data.labels import GRADES
-from lumbar_lightning.evaluation.figures import confusion_grid
+from lumbar_lightning.evaluation.figures import confusion_grid, failure_grid, worst_cases
 from lumbar_lightning.evaluation.statistics import fold_summary
-from lumbar_lightning.evaluation.study import PAPER, load_cv_predictions, study_tables
+from lumbar_lightning.evaluation.study import PAPER, load_cv_predictions, load_fold_predictions, study_tables
 from lumbar_lightning.io import atomic_write_text
 
 SUMMARY_KEYS = ("n", "accuracy", "accuracy_ci95", "f1_macro", "f1_per_class", "kappa", "kappa_quadratic", "ttest",
@@ -39,6 +40,28 @@ def per_fold_metrics(root: Path) -> dict[str, dict[str, dict[str, float]]]:
     return out
 
 
+BASELINE_KEYS = ("accuracy", "f1_macro", "kappa_quadratic", "gross_errors")
+
+
+def baseline_comparison(grade: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per reference (the truth, each rater) and classifier number: the pipeline (Ck, chained from the detected box)
+    beside the baseline CNN (Bk, on the rater's own box), and the difference pipeline - baseline."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for pair, row in grade.items():
+        ref, _, reader = pair.partition("-")
+        if not reader.startswith("B"):
+            continue
+        pipeline = grade.get(f"{ref}-C{reader[1:]}")
+        if pipeline is None:
+            continue
+        out[f"{ref}-{reader[1:]}"] = {
+            "pipeline": {k: float(pipeline[k]) for k in BASELINE_KEYS},
+            "baseline": {k: float(row[k]) for k in BASELINE_KEYS},
+            "pipeline_minus_baseline": {k: float(pipeline[k]) - float(row[k]) for k in BASELINE_KEYS},
+        }
+    return out
+
+
 def cv_summary(root: Path | str, seed: int = 0) -> dict[str, Any]:
     root = Path(root)
     frame = load_cv_predictions(root)
@@ -50,6 +73,7 @@ def cv_summary(root: Path | str, seed: int = 0) -> dict[str, Any]:
         "grade": {
             p: {k: v for k, v in row.items() if k in SUMMARY_KEYS} for p, row in tables["grade"].items()
         },
+        "baseline": baseline_comparison(tables["grade"]),
         "per_level": tables["per_level"],
         "grade_distribution": tables["grade_distribution"],
         "per_fold": per_fold_metrics(root),
@@ -98,6 +122,25 @@ def render_report(summary: dict[str, Any], title: str = "lumbar-lightning cross-
         cells = [str(row.get("gross_errors", "")), _pct(row.get("gross_error_rate"))]
         cells += [_pct(recall.get(g)) for g in GRADES]
         lines.append(f"| {pair} | " + " | ".join(cells) + " |")
+    if summary.get("baseline"):
+        lines += [
+            "",
+            "## Pipeline against the baseline CNN",
+            "",
+            "Does the three-stage pipeline earn its complexity here? Ck is the pipeline on the detected box; Bk a",
+            "plain 4-layer CNN trained on the same folds and rater, grading the rater's own box (no detector, no",
+            "level call): the comparison is generous to the baseline. Agreement and macro F1 in %.",
+            "",
+            "| reference-k | agreement C / B | macro F1 C / B | quadratic kappa C / B | gross errors C / B |",
+            "|---|---|---|---|---|",
+        ]
+        for key, row in summary["baseline"].items():
+            c, b = row["pipeline"], row["baseline"]
+            lines.append(
+                f"| {key} | {_pct(c['accuracy'])} / {_pct(b['accuracy'])} | {_pct(c['f1_macro'])} / "
+                f"{_pct(b['f1_macro'])} | {c['kappa_quadratic']:.3f} / {b['kappa_quadratic']:.3f} | "
+                f"{c['gross_errors']:.0f} / {b['gross_errors']:.0f} |"
+            )
     lines += ["", "## Grade distribution (%)", "", "| reader | A | B | C | D |", "|---|---|---|---|---|"]
     for who, dist in summary["grade_distribution"].items():
         lines.append(f"| {who} | " + " | ".join(_pct(dist[g]) for g in GRADES) + " |")
@@ -137,11 +180,37 @@ def write_cv_report(
     title: str | None = None,
     extra: dict[str, Any] | None = None,
     appendix: str = "",
+    image_of: Callable[[str], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Write ``cv_summary.json``, ``report.md`` and the confusion-matrix figures into the run folder; ``extra``
-    joins the summary and ``appendix`` ends the report (what an external validation adds)."""
+    joins the summary and ``appendix`` ends the report (what an external validation adds). With ``image_of`` (the
+    ingestion cache's reader) the report also shows the worst cases (``figures/worst_cases.png``)."""
     root = Path(root)
     summary = {**cv_summary(root, seed), **(extra or {})}
+    if image_of is not None:
+        cases = worst_cases(load_fold_predictions(root))
+        summary["worst_cases"] = [
+            {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+            for row in cases[
+                [
+                    "patient",
+                    "fold",
+                    "trained_on",
+                    "vertebral_level",
+                    "pred_grade",
+                    "reference",
+                    "confidence",
+                    "distance",
+                ]
+            ].to_dict("records")
+        ]
+        if len(cases):
+            failure_grid(cases, image_of, root / "figures" / "worst_cases.png")
+            appendix = (
+                "\n## Worst cases\n\nThe chained pipeline's most confident wrong grades (errors of two grades or more "
+                "first), against the truth where the data set has one, else the classifier's own rater.\n\n"
+                "![worst cases](figures/worst_cases.png)\n" + appendix
+            )
     for task in ("rootlet", "grade"):
         pairs = [p for p in summary[task] if not p.startswith("truth-")] + [
             p for p in summary[task] if p.startswith("truth-")

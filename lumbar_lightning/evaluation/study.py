@@ -36,16 +36,29 @@ def classifier_name(rater: str) -> str:
     return f"C{m.group(1)}" if m else f"C[{rater}]"
 
 
-def load_cv_predictions(root: Path | str) -> pd.DataFrame:
-    """One row per tested image: every rater's labels, the truth, and each classifier's level and grade."""
+def baseline_name(rater: str) -> str:
+    """The baseline CNN trained on Analyzer1's boxes and grades: ``A1`` -> ``B1`` (other names -> ``B[name]``)."""
+    return "B" + classifier_name(rater)[1:]
+
+
+def _is_baseline(name: str) -> bool:
+    return re.fullmatch(r"B(\d+|\[.+\])", name) is not None
+
+
+def load_fold_predictions(root: Path | str) -> pd.DataFrame:
+    """Every fold's ``predictions.csv`` of a run, as strings: one row per tested image and classifier."""
     root = Path(root)
     files = sorted(root.glob("*/fold_*/predictions.csv"))
     if not files:
         raise DataContractError(
             f"no */fold_*/predictions.csv under {root}: is it a finished lumbar-cv run folder?"
         )
-    parts = [pd.read_csv(f, dtype=str, keep_default_na=False) for f in files]
-    frame = pd.concat(parts, ignore_index=True)
+    return pd.concat([pd.read_csv(f, dtype=str, keep_default_na=False) for f in files], ignore_index=True)
+
+
+def load_cv_predictions(root: Path | str) -> pd.DataFrame:
+    """One row per tested image: every rater's labels, the truth, and each classifier's level and grade."""
+    frame = load_fold_predictions(root)
     label_cols = [
         c
         for c in frame.columns
@@ -63,6 +76,8 @@ def load_cv_predictions(root: Path | str) -> pd.DataFrame:
         # The grader's call on the detected patch (identical to pred_grade wherever the chain says rootlet).
         base[f"grade_{c}"] = pd.Series(np.asarray(GRADES)[probs.argmax(axis=1)], index=part.index)
         base[f"fold_{c}"] = part["fold"]
+        if "baseline_grade" in part:  # the baseline CNN on the rater's own boxes (grade task only)
+            base[f"grade_{baseline_name(rater)}"] = part["baseline_grade"]
     return base.fillna("").reset_index()
 
 
@@ -73,17 +88,27 @@ def readers(frame: pd.DataFrame) -> dict[str, list[str]]:
         "raters": [n for n in names if not n.startswith("C") and n != TRUTH_RATER],
         "classifiers": [n for n in names if n.startswith("C")],
         "truth": [TRUTH_RATER] if TRUTH_RATER in names else [],
+        "baselines": sorted(
+            c[len("grade_") :]
+            for c in frame.columns
+            if c.startswith("grade_") and _is_baseline(c[len("grade_") :])
+        ),
     }
 
 
-def comparison_pairs(frame: pd.DataFrame) -> list[tuple[str, str]]:
-    """A1-A2 (inter-rater), Ak-Ck, C1-C2, and truth-X on synthetic data, for whatever the run has."""
+def comparison_pairs(frame: pd.DataFrame, task: str = "grade") -> list[tuple[str, str]]:
+    """A1-A2 (inter-rater), Ak-Ck, C1-C2, and truth-X on synthetic data, for whatever the run has; for the grade,
+    also Ak-Bk and truth-Bk where the run trained the baseline CNN."""
     who = readers(frame)
     raters, classifiers = who["raters"], who["classifiers"]
     pairs = [(a, b) for i, a in enumerate(raters) for b in raters[i + 1 :]]
     pairs += [(r, classifier_name(r)) for r in raters if classifier_name(r) in classifiers]
     pairs += [(a, b) for i, a in enumerate(classifiers) for b in classifiers[i + 1 :]]
     pairs += [(t, x) for t in who["truth"] for x in raters + classifiers]
+    if task == "grade":
+        baselines = who["baselines"]
+        pairs += [(r, baseline_name(r)) for r in raters if baseline_name(r) in baselines]
+        pairs += [(t, b) for t in who["truth"] for b in baselines]
     return pairs
 
 
@@ -104,7 +129,7 @@ def pair_table(frame: pd.DataFrame, task: str, seed: int = 0) -> dict[str, dict[
     column = "level" if task == "rootlet" else "grade"
     data = task_set(frame, task)
     out = {}
-    for a, b in comparison_pairs(frame):
+    for a, b in comparison_pairs(frame, task):
         x, y = data[f"{column}_{a}"], data[f"{column}_{b}"]
         keep = (x != "") & (y != "")
         x, y, patients = x[keep], y[keep], data.loc[keep, "patient"]
@@ -128,7 +153,7 @@ def per_level_table(frame: pd.DataFrame, task: str) -> dict[str, dict[str, dict[
                 "accuracy": float(np.mean(part[f"{column}_{a}"] == part[f"{column}_{b}"])),
                 "n": len(part),
             }
-            for a, b in comparison_pairs(frame)
+            for a, b in comparison_pairs(frame, task)
         }
     return out
 

@@ -55,6 +55,32 @@ class CanalVGG(nn.Module):
         return self.fc(self.dropout(self.pool(self.features(x)).flatten(1)))
 
 
+class PlainCNN(nn.Module):
+    """The baseline every report sets the pipeline against: four conv-BN-ReLU-pool layers, global average pool, one
+    linear layer. Small enough to train in seconds, so a user sees at once whether the study's VGG (and the
+    detector in front of it) earns its complexity on their data."""
+
+    def __init__(
+        self, num_outputs: int, widths: tuple[int, ...] = (16, 32, 64, 64), in_channels: int = 1
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for out in widths:
+            layers += [
+                nn.Conv2d(channels, out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(channels, num_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean(dim=(2, 3)))
+
+
 class CompactBackbone(nn.Module):
     """A small single-scale CNN for CPU runs: stride 8, one feature map named '0'."""
 

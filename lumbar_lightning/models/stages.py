@@ -20,7 +20,7 @@ from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_iou
 
 from lumbar_lightning.data.labels import GRADES
-from lumbar_lightning.models.nets import CanalVGG, build_faster_rcnn
+from lumbar_lightning.models.nets import CanalVGG, PlainCNN, build_faster_rcnn
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -199,14 +199,29 @@ class PatchClassifier(StageModule):
     def __init__(self, width: float = 1.0, batch_norm: bool = True, dropout: float = 0.0,
                  class_prior: list[float] | None = None, prior_correction: bool = True, channels_last: bool = True,
                  flip_tta: bool = False, series_reference: bool = False,
-                 optimizer: OptimizerFactory | None = None, scheduler: SchedulerFactory | None = None) -> None:  # fmt: skip
+                 optimizer: OptimizerFactory | None = None, scheduler: SchedulerFactory | None = None,
+                 arch: str = "vgg") -> None:  # fmt: skip
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         # series_reference: a second input channel, the series' reference slice (PatchDataModule, Pipeline)
-        self.net = CanalVGG(
-            self.num_outputs, width=width, in_channels=2 if series_reference else 1, batch_norm=batch_norm,
-            dropout=dropout, channels_last=channels_last,
-        )  # fmt: skip
+        in_channels = 2 if series_reference else 1
+        if arch == "vgg":
+            self.net: nn.Module = CanalVGG(
+                self.num_outputs,
+                width=width,
+                in_channels=in_channels,
+                batch_norm=batch_norm,
+                dropout=dropout,
+                channels_last=channels_last,
+            )
+        elif arch == "plain":  # the baseline CNN (model/grade=baseline)
+            self.net = PlainCNN(
+                self.num_outputs,
+                widths=tuple(max(4, round(w * width)) for w in (16, 32, 64, 64)),
+                in_channels=in_channels,
+            )
+        else:
+            raise ValueError(f"arch must be 'vgg' or 'plain', got {arch!r}")
         metrics = classification_metrics(len(self.class_names))
         # ModuleDict keys cannot be "train" (an nn.Module method), hence the suffix.
         self.metrics = nn.ModuleDict(
