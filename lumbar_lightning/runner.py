@@ -284,7 +284,9 @@ def run_fold(
     metrics: dict[str, Any] = {"fold": fold, "rater": rater}
     box_rater = detector_rater(cfg, rater)
     det_dm = SliceDataModule(
-        image_size=detector.image_size, **_data_kwargs(cfg, fold, box_rater, cfg.model.detector)
+        image_size=detector.image_size,
+        balance=cfg.model.detector.get("balance", 0.0),
+        **_data_kwargs(cfg, fold, box_rater, cfg.model.detector),
     )
     det_dm.setup()
     metrics["splits"] = det_dm.describe()
@@ -431,7 +433,7 @@ def predict_test_images(pipeline: Pipeline, dataset: LumbarDataset, patients: np
         frame[f"grade_{who}"] = frame["sop_instance_uid"].map(part["grade"]).fillna("")
     vertebral = labels.drop_duplicates("sop_instance_uid").set_index("sop_instance_uid")["vertebral_level"]
     frame["vertebral_level"] = frame["sop_instance_uid"].map(vertebral).fillna("")
-    pixels = [dataset.cache.get(uid) for uid in uids]
+    pixels = [dataset.image(uid) for uid in uids]
     spacing = images.loc[uids, "pixel_spacing_col"].astype(float).tolist()
     series = images.loc[uids, "series_instance_uid"].to_numpy()
     chained = pd.DataFrame([p.as_row() for p in pipeline.predict(pixels, pixel_mm=spacing, series=series)])

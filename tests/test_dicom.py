@@ -140,3 +140,26 @@ def test_parallel_writers_of_one_cache_never_collide(tmp_path: Path) -> None:
     assert any(np.allclose(cache.get("1.2.3"), im, atol=1e-3) for im in images)
     leftovers = [p.name for p in (tmp_path / "cache").rglob("*") if ".tmp" in p.name]
     assert leftovers == []
+
+
+def test_images_held_in_memory_are_the_cache_bit_for_bit_within_a_budget(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LumbarDataset.image: what ImageCache.get reads, without a disk read the second time, and never more than
+    PIXEL_MEMORY_MB held (least recently used first out)."""
+    import lumbar_lightning.data.dataset as dataset_module
+    from lumbar_lightning.data.dataset import LumbarDataset
+
+    ds = LumbarDataset.ingest(tiny_dataset, tmp_path / "cache")
+    uids = list(ds.images["sop_instance_uid"])
+    one = ds.cache.get(uids[0]).astype(np.float16).nbytes
+    monkeypatch.setattr(dataset_module, "PIXEL_MEMORY_MB", 3.5 * one / 2**20)  # room for three images
+    for uid in uids[:5]:
+        got = ds.image(uid)
+        assert got.dtype == np.float32 and np.array_equal(got, ds.cache.get(uid))
+    assert list(ds._pixels) == uids[2:5] and ds._pixel_bytes == 3 * one
+    ds.image(uids[2])  # used again: now the most recent, so uids[3] goes first
+    ds.image(uids[5])
+    assert list(ds._pixels) == [uids[4], uids[2], uids[5]]
+    ds.cache.image_path(uids[5]).unlink()  # held: no disk read
+    assert np.array_equal(ds.image(uids[5]), ds._pixels[uids[5]].astype(np.float32))

@@ -261,3 +261,21 @@ def test_the_baseline_cnn_is_small_and_plain() -> None:
     assert plain(torch.zeros(3, 1, 32, 32)).shape == (3, 4)
     with pytest.raises(ValueError, match="arch must be"):
         GradeClassifier(arch="resnet")
+
+
+def test_the_detector_can_draw_severe_canals_more_often(tiny_phantom: Path) -> None:
+    """balance=1: each class (cord, A-D) is drawn about equally often; balance=0 keeps the paper's permutation."""
+    dm = SliceDataModule(
+        image_size=96, data_dir=str(tiny_phantom), augment={"enabled": False}, balance=1.0, **DM
+    )
+    dm.setup()
+    rows = dm.rows["train"]
+    classes = np.where(rows["level"] == "cord", "cord", rows["grade"].astype(str))
+    sampler = dm.sampler("train")
+    draws = [classes[i] for _ in range(40) for i, _ in sampler]
+    names, counts = np.unique(draws, return_counts=True)
+    assert len(names) == len(set(classes)) and counts.min() / counts.max() > 0.8
+    plain = SliceDataModule(image_size=96, data_dir=str(tiny_phantom), augment={"enabled": False}, **DM)
+    plain.setup()
+    order = [i for i, _ in plain.sampler("train")]
+    assert sorted(order) == list(range(len(rows)))  # a permutation: every slice once per epoch

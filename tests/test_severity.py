@@ -79,3 +79,65 @@ def test_worst_cases_put_gross_errors_first_then_confidence() -> None:
     # Without a truth the reference is the rater the classifier learnt from.
     no_truth = frame.assign(grade_truth="")
     assert worst_cases(no_truth)["sop_instance_uid"].tolist() == ["two-off", "one-off-2", "one-off"]
+
+
+def test_the_ordinal_loss_adds_the_expected_distance_in_grades() -> None:
+    import torch
+
+    from lumbar_lightning.models.stages import GradeClassifier
+
+    logits = torch.tensor([[5.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 5.0], [0.0, 0.0, 5.0, 0.0]])
+    target = torch.tensor([3, 3, 3])
+    plain = GradeClassifier(width=0.125).loss(logits, target)
+    ordinal = GradeClassifier(width=0.125, ordinal_weight=0.5).loss(logits, target)
+    p = logits.softmax(-1)
+    distance = (p * torch.tensor([3.0, 2.0, 1.0, 0.0])).sum(-1).mean()
+    assert float(ordinal - plain) == pytest.approx(0.5 * float(distance), rel=1e-6)
+    # A D called A (3 grades) costs about three times a D called C (1 grade).
+    per_image = [
+        GradeClassifier(width=0.125, ordinal_weight=1.0).loss(logits[i : i + 1], target[:1])
+        - GradeClassifier(width=0.125).loss(logits[i : i + 1], target[:1])
+        for i in (0, 2)
+    ]
+    assert float(per_image[0] / per_image[1]) == pytest.approx(3.0, rel=0.05)
+
+
+def _pair(acc: float, f1: float = 0.85, kq: float = 0.9, gross: int = 0) -> dict[str, object]:
+    return {"accuracy": acc, "f1_macro": f1, "kappa_quadratic": kq, "gross_errors": gross}
+
+
+def test_cohort_rows_check_every_bar(tmp_path: Path) -> None:
+    """The generalisation bars on a known summary: C1 meets them all; C2 misses the raters' agreement, macro F1,
+    gross errors (one more than the better rater), rootlet/cord and the baseline."""
+    from lumbar_lightning.evaluation.cohorts import cohort_rows, cohort_table
+
+    summary = {
+        "grade": {
+            "A1-A2": _pair(0.89),
+            "A1-C1": _pair(0.91),
+            "A2-C2": _pair(0.86),
+            "truth-A1": _pair(0.92, gross=1),
+            "truth-A2": _pair(0.93, gross=0),
+            "truth-C1": _pair(0.94, gross=0),
+            "truth-C2": _pair(0.88, f1=0.79, gross=1),
+            "A1-B1": _pair(0.90),
+            "A2-B2": _pair(0.89),
+            "truth-B1": _pair(0.90),
+            "truth-B2": _pair(0.90),
+        },
+        "rootlet": {"truth-C1": _pair(0.975), "truth-C2": _pair(0.965)},
+        "per_fold": {"A1": {"detection_rate": {"mean": 0.98}}, "A2": {"detection_rate": {"mean": 0.98}}},
+    }
+    (tmp_path / "cv_summary.json").write_text(json.dumps(summary))
+    c1, c2 = cohort_rows(tmp_path)
+    assert all(c1["checks"].values())
+    assert {k for k, ok in c2["checks"].items() if not ok} == {
+        "truth_above_inter_rater",
+        "f1_macro",
+        "gross_errors",
+        "rootlet_truth",
+        "beats_baseline",
+    }
+    assert c1["baseline"]["truth"] == 0.90 and c1["inter_rater"] == 0.89
+    table = cohort_table({"site": tmp_path})
+    assert "| site | C1 pipeline | 94.0 | 91.0 |" in table and "| site | B1 baseline | 90.0 |" in table

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
 from dataclasses import astuple, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -18,6 +20,10 @@ from lumbar_lightning.data.series import SeriesDecision, select_series
 from lumbar_lightning.data.transforms import PatchGeometry, resize_image
 
 TRUTH_RATER = "truth"
+#: Cached images kept in memory per process (float16, least recently used out first), in MiB: one CV worker cuts
+#: each image about nine times (detector input, both raters' patches at two contexts, series references), and
+#: reading the .npy each time was most of a worker's first fold (50 of 144 s on the demo phantom).
+PIXEL_MEMORY_MB = float(os.environ.get("LUMBAR_PIXEL_MEMORY_MB", "1024"))
 
 
 @dataclass
@@ -32,6 +38,8 @@ class LumbarDataset:
     series: list[SeriesDecision] = field(default_factory=list)
     _resized: dict[tuple[str, int], np.ndarray] = field(default_factory=dict, repr=False)
     _patches: dict[tuple[Any, ...], np.ndarray] = field(default_factory=dict, repr=False)
+    _pixels: OrderedDict[str, np.ndarray] = field(default_factory=OrderedDict, repr=False)
+    _pixel_bytes: int = field(default=0, repr=False)
 
     @classmethod
     def ingest(
@@ -76,11 +84,25 @@ class LumbarDataset:
             truth = load_labels(root / "truth.csv", sizes, analyzer=TRUTH_RATER, excluded=not_used)
         return cls(root=root, index=index, labels=labels, truth=truth, cache=cache, series=series)
 
+    def image(self, sop_instance_uid: str) -> np.ndarray:
+        """The cached image as float32 in [0, 1] (what ``ImageCache.get`` returns, bit for bit), held in memory as
+        float16 up to ``PIXEL_MEMORY_MB`` so that cutting it again costs no disk read."""
+        held = self._pixels.get(sop_instance_uid)
+        if held is None:
+            held = np.load(self.cache.image_path(sop_instance_uid))
+            self._pixels[sop_instance_uid] = held
+            self._pixel_bytes += held.nbytes
+            while self._pixel_bytes > PIXEL_MEMORY_MB * 2**20 and len(self._pixels) > 1:
+                self._pixel_bytes -= self._pixels.popitem(last=False)[1].nbytes
+        else:
+            self._pixels.move_to_end(sop_instance_uid)
+        return held.astype(np.float32)
+
     def resized(self, sop_instance_uid: str, size: int) -> np.ndarray:
         """The cached image resized for the detector, kept in memory (float16) for every later fold."""
         key = (sop_instance_uid, size)
         if key not in self._resized:
-            self._resized[key] = resize_image(self.cache.get(sop_instance_uid), size).astype(np.float16)
+            self._resized[key] = resize_image(self.image(sop_instance_uid), size).astype(np.float16)
         return self._resized[key]
 
     def patch(
@@ -102,7 +124,7 @@ class LumbarDataset:
         )
         if key not in self._patches:
             pixel_mm = float(self.pixel_spacing[sop_instance_uid])
-            image = self.cache.get(sop_instance_uid)
+            image = self.image(sop_instance_uid)
             self._patches[key] = geometry.crop(
                 image, np.asarray(box), context, pixel_mm=pixel_mm,
                 scale_box=None if scale_box is None else np.asarray(scale_box),

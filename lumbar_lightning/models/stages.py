@@ -332,9 +332,23 @@ class RootletClassifier(PatchClassifier):
 
 
 class GradeClassifier(PatchClassifier):
-    """Schizas grade A-D: four logits, softmax cross-entropy."""
+    """Schizas grade A-D: four logits, softmax cross-entropy.
+
+    ``ordinal_weight`` > 0 adds the expected distance in grades, ``sum_k p_k |k - y|``, to the loss (not in the
+    paper): the grades are ordered, and a D called A costs three times what a D called C does, so probability
+    mass far from the label is pushed back first.
+    """
 
     class_names = GRADES
 
+    def __init__(self, *args: Any, ordinal_weight: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ordinal_weight = float(ordinal_weight)
+
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, target)
+        loss = F.cross_entropy(logits, target)
+        if self.ordinal_weight:
+            grades = torch.arange(logits.shape[-1], device=logits.device)
+            distance = (grades[None, :] - target[:, None]).abs().to(logits.dtype)
+            loss = loss + self.ordinal_weight * (logits.softmax(-1) * distance).sum(-1).mean()
+        return loss
