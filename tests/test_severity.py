@@ -141,3 +141,22 @@ def test_cohort_rows_check_every_bar(tmp_path: Path) -> None:
     assert c1["baseline"]["truth"] == 0.90 and c1["inter_rater"] == 0.89
     table = cohort_table({"site": tmp_path})
     assert "| site | C1 pipeline | 94.0 | 91.0 |" in table and "| site | B1 baseline | 90.0 |" in table
+
+
+def test_the_seed_spread_table_is_written_from_spread_json(tmp_path: Path) -> None:
+    from lumbar_lightning.evaluation.record import SPREAD_BEGIN, SPREAD_END, replace_block, spread_block
+
+    values = {
+        "grade/chained/accuracy": [0.90, 0.92, 0.94],
+        "grade/chained/kappa_quadratic": [0.9, 0.91, 0.95],
+    }
+    spread = {"seeds": [0, 1, 2], "folds": ["A1/fold_0"], "values": {"A1": values}}
+    (tmp_path / "spread.json").write_text(json.dumps(spread))
+    block = spread_block(tmp_path)
+    assert "| A1 | grade agreement | 90.0 / 92.0 / 94.0 | 92.0 | 2.0 |" in block
+    assert "| A1 | grade quadratic kappa | 0.900 / 0.910 / 0.950 | 0.920 | 0.026 |" in block
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{SPREAD_BEGIN}\nold\n{SPREAD_END}\nafter\n")
+    replace_block(readme, block, SPREAD_BEGIN, SPREAD_END)
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("before") and text.endswith("after\n") and block in text

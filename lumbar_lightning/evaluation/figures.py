@@ -12,6 +12,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 
+def _save(fig: Any, out_png: Path | str) -> Path:
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110, metadata={"Software": "lumbar-lightning"})
+    plt.close(fig)
+    return out_png
+
+
 def confusion_grid(
     tables: dict[str, dict[str, Any]], pairs: list[str], title: str, out_png: Path | str
 ) -> Path:
@@ -39,12 +48,7 @@ def confusion_grid(
         ax.set_xlabel(b)
         ax.set_title(f"{pair}: {100 * row['accuracy']:.1f}% (n={row['n']})", fontsize=9)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110, metadata={"Software": "lumbar-lightning"})
-    plt.close(fig)
-    return out_png
+    return _save(fig, out_png)
 
 
 def worst_cases(predictions: Any, n: int = 12) -> Any:
@@ -108,9 +112,4 @@ def failure_grid(cases: Any, image_of: Any, out_png: Path | str, crop_factor: fl
     fig.suptitle(
         "Most confident wrong grades (red: two grades or more off); detected box in yellow", fontsize=9
     )
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110, metadata={"Software": "lumbar-lightning"})
-    plt.close(fig)
-    return out_png
+    return _save(fig, out_png)

@@ -1,6 +1,7 @@
 """Copy a finished run's result table into an experiment README (between markers), so it is never typed in.
 
-``python -m lumbar_lightning.evaluation.record RUN_DIR experiments/demo/README.md``
+``python -m lumbar_lightning.evaluation.record RUN_DIR experiments/demo/README.md [experiments/demo/reference]``
+(the reference folder adds the seed-to-seed table from its ``spread.json``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import json
 import re
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from lumbar_lightning.evaluation.study import PAPER
 from lumbar_lightning.io import atomic_write_text
@@ -37,19 +40,54 @@ def results_block(run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def replace_block(readme: Path | str, block: str) -> None:
-    """Put ``block`` (which starts with BEGIN and ends with END) in place of the README's recorded block."""
+SPREAD_BEGIN, SPREAD_END = "<!-- spread:begin -->", "<!-- spread:end -->"
+#: The seed-spread table's rows: (rater or None for every rater, label, spread.json entry, scale, decimals).
+SPREAD_ROWS = (
+    ("A1", "detection rate", "detector/test/acc", 100, 1),
+    (None, "rootlet/cord agreement", "rootlet/chained/accuracy", 100, 1),
+    (None, "grade agreement", "grade/chained/accuracy", 100, 1),
+    (None, "grade macro F1", "grade/chained/f1_macro", 100, 1),
+    (None, "grade quadratic kappa", "grade/chained/kappa_quadratic", 1, 3),
+    (None, "baseline CNN grade agreement (rater boxes)", "baseline/gt_box/test/acc", 100, 1),
+)
+
+
+def spread_block(reference: Path) -> str:
+    """The seed-to-seed table from ``<reference>/spread.json``: each headline figure of the recorded fold per seed,
+    with its mean and standard deviation."""
+    spread = json.loads((Path(reference) / "spread.json").read_text())
+    seeds = spread["seeds"]
+    lines = [SPREAD_BEGIN, "", f"| rater | figure | seeds {' / '.join(str(s) for s in seeds)} | mean | sd |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for rater, values in spread["values"].items():
+        for only, label, key, scale, digits in SPREAD_ROWS:
+            if (only and only != rater) or key not in values:
+                continue
+            v = np.asarray(values[key], dtype=float) * scale
+            cells = " / ".join(f"{x:.{digits}f}" for x in v)
+            lines.append(
+                f"| {rater} | {label} | {cells} | {v.mean():.{digits}f} | {v.std(ddof=1):.{digits}f} |"
+            )
+    lines += ["", SPREAD_END]
+    return "\n".join(lines)
+
+
+def replace_block(readme: Path | str, block: str, begin: str = BEGIN, end: str = END) -> None:
+    """Put ``block`` (which starts with ``begin`` and ends with ``end``) in place of the README's block."""
     readme = Path(readme)
-    text = readme.read_text() if readme.exists() else f"# {readme.parent.name}\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in text:
-        text += f"\n{BEGIN}\n{END}\n"
-    text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    text = readme.read_text() if readme.exists() else f"# {readme.parent.name}\n\n{begin}\n{end}\n"
+    if begin not in text:
+        text += f"\n{begin}\n{end}\n"
+    text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     atomic_write_text(readme, text)
 
 
-def record(run_dir: Path | str, readme: Path | str) -> None:
+def record(run_dir: Path | str, readme: Path | str, reference: Path | str | None = None) -> None:
+    """The run's result table into ``readme``; with ``reference``, also its seed-spread table."""
     replace_block(readme, results_block(Path(run_dir)))
+    if reference is not None and (Path(reference) / "spread.json").exists():
+        replace_block(readme, spread_block(Path(reference)), SPREAD_BEGIN, SPREAD_END)
 
 
 if __name__ == "__main__":
-    record(sys.argv[1], sys.argv[2])
+    record(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None)
