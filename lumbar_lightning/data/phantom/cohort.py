@@ -192,6 +192,28 @@ def write_csv(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None
     atomic_write_text(path, text.getvalue())
 
 
+def write_patients(
+    render: Any, cfg: Any, n_patients: int, out_dir: Path, truth_fields: list[str], workers: int | None = None
+) -> int:
+    """What every phantom family does around its own renderer: empty ``out_dir/dicom``, run
+    ``render(cfg, index, out_dir)`` for each patient (in ``workers`` processes; the bytes do not depend on how
+    many), and write ``truth.csv`` and ``labels.csv`` from the rows it returns. Returns the number of images."""
+    if (out_dir / "dicom").exists():
+        shutil.rmtree(out_dir / "dicom")
+    (out_dir / "dicom").mkdir(parents=True, exist_ok=True)
+    workers = max(1, min(workers or os.cpu_count() or 1, n_patients))
+    args = ([cfg] * n_patients, range(n_patients), [out_dir] * n_patients)
+    if workers == 1:
+        results = list(map(render, *args))
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(pool.map(render, *args))
+    truth = [row for res in results for row in res["truth"]]
+    write_csv(out_dir / "truth.csv", truth_fields, truth)
+    write_csv(out_dir / "labels.csv", LABEL_FIELDS, [row for res in results for row in res["labels"]])
+    return len(truth)
+
+
 @dataclass
 class PhantomCohort:
     """A generated cohort on disk, with what was measured while making it."""
@@ -206,25 +228,10 @@ class PhantomCohort:
         """Write ``cfg.n_patients`` patients into ``out_dir`` (replacing an earlier cohort there)."""
         out_dir = Path(out_dir)
         start = time.perf_counter()
-        if (out_dir / "dicom").exists():
-            shutil.rmtree(out_dir / "dicom")
-        (out_dir / "dicom").mkdir(parents=True, exist_ok=True)
         grade_thresholds(cfg.latent)  # calibrate once here, before the workers copy the cache
-        workers = max(1, min(workers or os.cpu_count() or 1, cfg.n_patients))
-        indices = range(cfg.n_patients)
-        if workers == 1:
-            results = [_patient_rows(cfg, i, out_dir) for i in indices]
-        else:
-            with ProcessPoolExecutor(workers) as pool:
-                results = list(
-                    pool.map(_patient_rows, [cfg] * cfg.n_patients, indices, [out_dir] * cfg.n_patients)
-                )
-        truth = [row for res in results for row in res["truth"]]
-        labels = [row for res in results for row in res["labels"]]
-        write_csv(out_dir / "truth.csv", TRUTH_FIELDS, truth)
-        write_csv(out_dir / "labels.csv", LABEL_FIELDS, labels)
+        n_images = write_patients(_patient_rows, cfg, cfg.n_patients, out_dir, TRUTH_FIELDS, workers)
         seconds = time.perf_counter() - start
-        cohort = cls(out_dir, cfg, len(truth), seconds)
+        cohort = cls(out_dir, cfg, n_images, seconds)
         atomic_write_text(out_dir / "phantom.json", json.dumps(cohort.manifest(), indent=2))
         return cohort
 

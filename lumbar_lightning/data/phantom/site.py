@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +33,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRIm
 from scipy.ndimage import zoom
 
 from lumbar_lightning.data.dicom_writer import deterministic_uid
-from lumbar_lightning.data.phantom.cohort import LABEL_FIELDS, write_csv
+from lumbar_lightning.data.phantom.cohort import LABEL_FIELDS, write_patients
 from lumbar_lightning.engine.numerics import numpy_numerics
 from lumbar_lightning.io import atomic_write_text
 
@@ -626,22 +623,9 @@ class SiteCohort:
     def generate(cls, cfg: SiteConfig, out_dir: Path | str, workers: int | None = None) -> SiteCohort:
         out_dir = Path(out_dir)
         start = time.perf_counter()
-        if (out_dir / "dicom").exists():
-            shutil.rmtree(out_dir / "dicom")
-        (out_dir / "dicom").mkdir(parents=True, exist_ok=True)
         grade_cuts(cfg)
-        workers = max(1, min(workers or os.cpu_count() or 1, cfg.n_patients))
-        args = ([cfg] * cfg.n_patients, range(cfg.n_patients), [out_dir] * cfg.n_patients)
-        if workers == 1:
-            results = list(map(_site_patient, *args))
-        else:
-            with ProcessPoolExecutor(workers) as pool:
-                results = list(pool.map(_site_patient, *args))
-        truth = [row for res in results for row in res["truth"]]
-        labels = [row for res in results for row in res["labels"]]
-        write_csv(out_dir / "truth.csv", SITE_TRUTH_FIELDS, truth)
-        write_csv(out_dir / "labels.csv", LABEL_FIELDS, labels)
-        cohort = cls(out_dir, cfg, len(truth), time.perf_counter() - start)
+        n_images = write_patients(_site_patient, cfg, cfg.n_patients, out_dir, SITE_TRUTH_FIELDS, workers)
+        cohort = cls(out_dir, cfg, n_images, time.perf_counter() - start)
         atomic_write_text(out_dir / "phantom.json", json.dumps(cohort.manifest(), indent=2))
         return cohort
 
