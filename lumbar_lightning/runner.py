@@ -294,7 +294,6 @@ def run_fold(
         cfg, "detector", detector, det_dm, out_dir, f"{box_rater}-detector-fold{fold}", tracking_dir
     )
     metrics["detector"]["boxes"] = box_rater
-    patch_data: dict[str, PatchDataModule] = {}
     for stage in patch_stages:
         module = modules[stage]
         stage_cfg = cfg.model[stage]
@@ -308,7 +307,6 @@ def run_fold(
         metrics[stage] = {
             "gt_box": _fit_stage(cfg, stage, module, dm, out_dir, f"{rater}-{stage}-fold{fold}", tracking_dir)
         }
-        patch_data[stage] = dm
 
     pipeline = Pipeline(detector, rootlet, grader, geometry["rootlet"], batch_size=cfg.data.eval_batch_size,
                         grade_patch=geometry["grade"])  # fmt: skip

@@ -20,6 +20,7 @@ from lumbar_lightning.data.phantom.site import (
     SiteConfig,
     draw_patient,
     grade_cuts,
+    grade_index,
     grade_units,
     reader_agreement,
 )
@@ -56,7 +57,7 @@ def test_preset_raters_agree_as_real_readers_do(name: str) -> None:
     grades = []
     for i in range(300):
         p = draw_patient(cfg, i, seed=1234)
-        grades.append(np.searchsorted([1.0, 2.0, 3.0], grade_units(p.narrowing, cuts)[~p.is_cord()], "right"))
+        grades.append(grade_index(grade_units(p.narrowing, cuts)[~p.is_cord()]))
     shares = np.bincount(np.concatenate(grades), minlength=4) / sum(len(g) for g in grades)
     np.testing.assert_allclose(shares, np.asarray(cfg.prevalence) / sum(cfg.prevalence), atol=0.02)
 

@@ -62,9 +62,9 @@ def baseline_comparison(grade: dict[str, dict[str, Any]]) -> dict[str, dict[str,
     return out
 
 
-def cv_summary(root: Path | str, seed: int = 0) -> dict[str, Any]:
+def cv_summary(root: Path | str, seed: int = 0, fold_predictions: Any = None) -> dict[str, Any]:
     root = Path(root)
-    frame = load_cv_predictions(root)
+    frame = load_cv_predictions(root, fold_predictions)
     tables = study_tables(frame, seed)
     return {
         "rootlet": {
@@ -186,9 +186,10 @@ def write_cv_report(
     joins the summary and ``appendix`` ends the report (what an external validation adds). With ``image_of`` (the
     ingestion cache's reader) the report also shows the worst cases (``figures/worst_cases.png``)."""
     root = Path(root)
-    summary = {**cv_summary(root, seed), **(extra or {})}
+    fold_predictions = load_fold_predictions(root)  # read once: the tables and the worst cases both use them
+    summary = {**cv_summary(root, seed, fold_predictions), **(extra or {})}
     if image_of is not None:
-        cases = worst_cases(load_fold_predictions(root))
+        cases = worst_cases(fold_predictions)
         summary["worst_cases"] = [
             {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
             for row in cases[

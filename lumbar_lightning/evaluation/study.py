@@ -56,9 +56,10 @@ def load_fold_predictions(root: Path | str) -> pd.DataFrame:
     return pd.concat([pd.read_csv(f, dtype=str, keep_default_na=False) for f in files], ignore_index=True)
 
 
-def load_cv_predictions(root: Path | str) -> pd.DataFrame:
-    """One row per tested image: every rater's labels, the truth, and each classifier's level and grade."""
-    frame = load_fold_predictions(root)
+def load_cv_predictions(root: Path | str, fold_predictions: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per tested image: every rater's labels, the truth, and each classifier's level and grade
+    (from ``fold_predictions``, ``load_fold_predictions(root)``, when the caller has read them already)."""
+    frame = load_fold_predictions(root) if fold_predictions is None else fold_predictions
     label_cols = [
         c
         for c in frame.columns

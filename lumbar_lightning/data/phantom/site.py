@@ -205,6 +205,15 @@ def grade_cuts(cfg: SiteConfig, n: int = 3000) -> np.ndarray:
     return np.quantile(np.concatenate(values), np.cumsum(prevalence / prevalence.sum())[:3])
 
 
+#: The grade boundaries in grade units: A below 1, B below 2, C below 3, D above.
+GRADE_BOUNDS = np.array([1.0, 2.0, 3.0])
+
+
+def grade_index(units: np.ndarray | float, shift: np.ndarray | float = 0.0) -> np.ndarray:
+    """Grade 0..3 (A..D) of values in grade units; ``shift`` moves the boundaries (a reader's habits)."""
+    return np.searchsorted(GRADE_BOUNDS + np.asarray(shift), units, side="right")
+
+
 def grade_units(narrowing: np.ndarray, cuts: np.ndarray) -> np.ndarray:
     """Narrowing in units where the grade boundaries sit at 1, 2, 3: the image signs are written in them."""
     c1, c2, c3 = cuts
@@ -226,11 +235,10 @@ def read(cfg: SiteConfig, patient: SitePatient, units: np.ndarray, r: int) -> Re
     n = len(units)
     is_cord = patient.is_cord(reader.conus_bias_mm + rng.normal(0.0, reader.conus_sd_mm))
     seen = units + rng.normal(0.0, reader.study_noise) + rng.normal(0.0, reader.noise, n)
-    bounds = np.array([1.0, 2.0, 3.0]) + np.asarray(reader.boundary_shift)
-    grade = np.searchsorted(bounds, seen, side="right")
+    grade = grade_index(seen, reader.boundary_shift)
     lapse = rng.random(n) < reader.lapse
     grade = np.where(lapse, np.clip(grade + rng.choice([-1, 1], n), 0, 3), grade)
-    true = np.searchsorted([1.0, 2.0, 3.0], units, side="right")
+    true = grade_index(units)
     skip = rng.random(n) < reader.skip_rate + reader.skip_severe * (true >= 2)
     margin = reader.box_margin_mm + rng.normal(0.0, reader.box_sd_mm, (n, 4))
     return Reading(is_cord, grade, ~skip, margin)
@@ -566,7 +574,7 @@ def _site_patient(cfg: SiteConfig, index: int, out_dir: Path) -> dict[str, list[
             uid,
         )
         cord = bool(cord_r[j] >= CORD_SEEN_MM)
-        grade = int(np.searchsorted([1.0, 2.0, 3.0], units[j], side="right"))
+        grade = int(grade_index(units[j]))
         truth.append(
             {
                 "sop_instance_uid": uid,
