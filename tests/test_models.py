@@ -189,7 +189,7 @@ def test_every_detector_backbone_trains_and_predicts(backbone: str, tmp_path: Pa
     module = CanalDetector(backbone=backbone, image_size=64, anchor_sizes=(8, 16, 32), scheduler=False)
     images = [torch.rand(1, 64, 64) for _ in range(2)]
     targets = [{"boxes": torch.tensor([[20.0, 24.0, 40.0, 44.0]]), "labels": torch.tensor([1])}] * 2
-    losses = module.net(module._channels(images), targets)
+    losses = module.net(module._three_channels(images), targets)
     assert {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"} == set(losses)
     sum(losses.values()).backward()
     boxes, scores = module.predict_top_box(images)
@@ -279,35 +279,3 @@ def test_the_detector_can_draw_severe_canals_more_often(tiny_phantom: Path) -> N
     plain.setup()
     order = [i for i, _ in plain.sampler("train")]
     assert sorted(order) == list(range(len(rows)))  # a permutation: every slice once per epoch
-
-
-def test_presized_transform_skips_only_an_identity_resize() -> None:
-    """Skipping the resize of an image already at the detector's input changes no number."""
-    from torchvision.models.detection.transform import GeneralizedRCNNTransform
-
-    from lumbar_lightning.models.nets import PresizedTransform
-
-    images = [torch.rand(1, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(3)]
-    targets = [
-        {"boxes": torch.tensor([[5.0, 6.0, 20.0, 30.0]]), "labels": torch.ones(1, dtype=torch.int64)}
-    ] * 3
-    fast = PresizedTransform(64, 64, [0.5], [0.25], size_divisible=32)
-    full = GeneralizedRCNNTransform(64, 64, [0.5], [0.25], size_divisible=32)
-    (a, ta), (b, tb) = fast(images, targets), full(images, targets)
-    assert torch.equal(a.tensors, b.tensors) and torch.equal(ta[0]["boxes"], tb[0]["boxes"])
-    other = [torch.rand(1, 80, 80)]  # not at the input size: resized as before
-    assert fast(other)[0].tensors.shape[-1] == full(other)[0].tensors.shape[-1] == 64
-
-
-def test_detector_grey_input_and_roi_bins() -> None:
-    """in_channels=1 feeds the grey slice to the compact backbone; an ImageNet backbone refuses it."""
-    from lumbar_lightning.models.nets import build_faster_rcnn
-
-    module = CanalDetector(image_size=64, anchor_sizes=(8, 16), in_channels=1, roi_output_size=5)
-    assert module.net.backbone.body[0].in_channels == 1
-    assert module.net.roi_heads.box_head.fc6.in_features == module.net.backbone.out_channels * 25
-    module.eval()
-    boxes, scores = module.predict_top_box([torch.rand(1, 64, 64)])
-    assert boxes.shape == (1, 4) and scores.shape == (1,)
-    with pytest.raises(ValueError, match="in_channels"):
-        build_faster_rcnn("mobilenet_v3_fpn", 64, in_channels=1)

@@ -11,7 +11,6 @@ from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 #: Convolutions per block and the VGG widths at width=1.0: 2+2+3+3 = 10 conv layers, a max-pool after each block.
@@ -104,21 +103,6 @@ class CompactBackbone(nn.Module):
         return OrderedDict([("0", self.body(x))])
 
 
-class PresizedTransform(GeneralizedRCNNTransform):
-    """torchvision's detection transform for images the data module already resized to the detector's input.
-
-    Its bilinear resize at scale 1 returns the image bit for bit, so skipping it changes no number; it was 3% of a
-    compact detector's training step on CPU.
-    """
-
-    def resize(
-        self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-        if image.shape[-2:] == (self.min_size[-1], self.max_size):
-            return image, target
-        return super().resize(image, target)
-
-
 def build_faster_rcnn(
     backbone: str = "compact",
     image_size: int = 256,
@@ -131,17 +115,12 @@ def build_faster_rcnn(
     representation_size: int = 1024,
     pretrained: str | None = None,
     roi_sampling_ratio: int = 2,
-    roi_output_size: int = 7,
-    in_channels: int = 3,
 ) -> FasterRCNN:
     """Faster R-CNN with one foreground class (the canal); images are pre-resized to ``image_size``.
 
     ``pretrained`` is a local state-dict path (never a download); weights whose shapes fit are loaded.
     ``roi_sampling_ratio``: RoIAlign's sampling points per bin side; its backward pass was 17% of the compact
-    detector's CPU training time at 2, about a quarter of that at 1. ``roi_output_size``: RoIAlign's bins per side
-    (torchvision's 7; a canal box spans 2-4 cells of the compact backbone's stride-8 map, so 7x7 bins oversample
-    it). ``in_channels``: 1 feeds the grey image as it is (compact backbone only); the ImageNet backbones take 3
-    copies, as their pretrained weights expect.
+    detector's CPU training time at 2, about a quarter of that at 1.
     """
     if backbone == "resnet50_fpn":
         body = resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=5)
@@ -152,26 +131,26 @@ def build_faster_rcnn(
         )
         names = ["0", "1"]
     elif backbone == "compact":
-        body = CompactBackbone(in_channels)
+        body = CompactBackbone()
         names = ["0"]
     else:
         raise ValueError(
             f"unknown detector backbone {backbone!r}: use resnet50_fpn, mobilenet_v3_fpn or compact"
         )
-    if in_channels not in (1, 3) or (in_channels == 1 and backbone != "compact"):
-        raise ValueError(f"in_channels={in_channels}: use 3, or 1 with the compact backbone")
     if len(names) == 1:
         sizes: tuple[tuple[int, ...], ...] = (tuple(anchor_sizes),)
     else:  # one size per pyramid level; the FPN adds a max-pooled level on top
         sizes = tuple((s,) for s in _spread(anchor_sizes, len(names) + 1))
     anchors = AnchorGenerator(sizes=sizes, aspect_ratios=((0.7, 1.0, 1.4),) * len(sizes))
-    roi_pool = MultiScaleRoIAlign(
-        featmap_names=names, output_size=roi_output_size, sampling_ratio=roi_sampling_ratio
-    )
-    head = TwoMLPHead(body.out_channels * roi_output_size**2, representation_size)
+    roi_pool = MultiScaleRoIAlign(featmap_names=names, output_size=7, sampling_ratio=roi_sampling_ratio)
+    head = TwoMLPHead(body.out_channels * 7 * 7, representation_size)
     model = FasterRCNN(
         body,
         num_classes=None,
+        min_size=image_size,
+        max_size=image_size,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.25, 0.25, 0.25],
         rpn_anchor_generator=anchors,
         rpn_pre_nms_top_n_train=rpn_pre_nms_top_n,
         rpn_pre_nms_top_n_test=rpn_pre_nms_top_n,
@@ -184,10 +163,6 @@ def build_faster_rcnn(
         box_batch_size_per_image=box_batch_size_per_image,
         box_detections_per_img=box_detections_per_img,
         box_score_thresh=0.0,
-    )
-    # Replaces FasterRCNN's own transform (ImageNet statistics, 800 px): inputs come at ``image_size``, in [0, 1].
-    model.transform = PresizedTransform(
-        image_size, image_size, [0.5] * in_channels, [0.25] * in_channels, size_divisible=32
     )
     if pretrained:
         load_matching_weights(model, pretrained)

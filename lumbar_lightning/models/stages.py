@@ -81,14 +81,14 @@ class CanalDetector(StageModule):
     def __init__(self, backbone: str = "compact", image_size: int = 160, anchor_sizes: tuple[int, ...] = (8, 16, 32),
                  rpn_pre_nms_top_n: int = 100, rpn_post_nms_top_n: int = 20, rpn_batch_size_per_image: int = 64,
                  box_batch_size_per_image: int = 32, representation_size: int = 128, pretrained: str | None = None,
-                 channels_last: bool = True, roi_sampling_ratio: int = 2, roi_output_size: int = 7,
-                 in_channels: int = 3, optimizer: OptimizerFactory | None = None, scheduler: SchedulerFactory | None = None) -> None:  # fmt: skip
+                 channels_last: bool = True, roi_sampling_ratio: int = 2,
+                 optimizer: OptimizerFactory | None = None, scheduler: SchedulerFactory | None = None) -> None:  # fmt: skip
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net = build_faster_rcnn(
             backbone, image_size, tuple(anchor_sizes), rpn_pre_nms_top_n, rpn_post_nms_top_n,
             rpn_batch_size_per_image, box_batch_size_per_image, 5, representation_size, pretrained,
-            roi_sampling_ratio, roi_output_size, in_channels,
+            roi_sampling_ratio,
         )  # fmt: skip
         if channels_last:  # NHWC convolutions: ~10% faster on CPU for the compact backbone (see CanalVGG)
             self.net.to(memory_format=torch.channels_last)
@@ -98,13 +98,12 @@ class CanalDetector(StageModule):
         self._ious: dict[str, list[torch.Tensor]] = {"val": [], "test": []}
         self.last_metrics: dict[str, dict[str, float]] = {}
 
-    def _channels(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Grey images as the backbone takes them: as they are, or three copies for an ImageNet backbone."""
-        n = self.hparams.in_channels
-        return images if n == 1 else [im.expand(n, -1, -1) for im in images]
+    @staticmethod
+    def _three_channels(images: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [im.expand(3, -1, -1) for im in images]
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        return self.net(self._channels(images))
+        return self.net(self._three_channels(images))
 
     @torch.no_grad()
     def predict_top_box(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,7 +129,7 @@ class CanalDetector(StageModule):
             {"boxes": b, "labels": torch.ones(len(b), dtype=torch.int64, device=b.device)}
             for b in batch["boxes"]
         ]
-        losses = self.net(self._channels(batch["image"]), targets)
+        losses = self.net(self._three_channels(batch["image"]), targets)
         loss = sum(losses.values())
         self.train_loss(loss.detach())
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
