@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,6 +14,9 @@ from lumbar_lightning.evaluation.figures import confusion_grid, failure_grid, wo
 from lumbar_lightning.evaluation.statistics import fold_summary
 from lumbar_lightning.evaluation.study import PAPER, load_cv_predictions, load_fold_predictions, study_tables
 from lumbar_lightning.io import atomic_write_text
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SUMMARY_KEYS = ("n", "accuracy", "accuracy_ci95", "f1_macro", "f1_per_class", "kappa", "kappa_quadratic", "ttest",
                 "confusion_matrix", "classes", "gross_errors", "gross_error_rate", "recall_per_class")  # fmt: skip
@@ -62,7 +65,9 @@ def baseline_comparison(grade: dict[str, dict[str, Any]]) -> dict[str, dict[str,
     return out
 
 
-def cv_summary(root: Path | str, seed: int = 0, fold_predictions: Any = None) -> dict[str, Any]:
+def cv_summary(
+    root: Path | str, seed: int = 0, fold_predictions: pd.DataFrame | None = None
+) -> dict[str, Any]:
     root = Path(root)
     frame = load_cv_predictions(root, fold_predictions)
     tables = study_tables(frame, seed)

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -193,11 +194,17 @@ def write_csv(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None
 
 
 def write_patients(
-    render: Any, cfg: Any, n_patients: int, out_dir: Path, truth_fields: list[str], workers: int | None = None
+    render: Callable[[Any, int, Path], dict[str, list[dict[str, Any]]]],
+    cfg: Any,
+    out_dir: Path,
+    truth_fields: list[str],
+    workers: int | None = None,
 ) -> int:
     """What every phantom family does around its own renderer: empty ``out_dir/dicom``, run
-    ``render(cfg, index, out_dir)`` for each patient (in ``workers`` processes; the bytes do not depend on how
-    many), and write ``truth.csv`` and ``labels.csv`` from the rows it returns. Returns the number of images."""
+    ``render(cfg, index, out_dir)`` for each of ``cfg.n_patients`` patients (in ``workers`` processes; the bytes do
+    not depend on how many), and write ``truth.csv`` and ``labels.csv`` from the rows it returns. Returns the
+    number of images."""
+    n_patients = cfg.n_patients
     if (out_dir / "dicom").exists():
         shutil.rmtree(out_dir / "dicom")
     (out_dir / "dicom").mkdir(parents=True, exist_ok=True)
@@ -229,7 +236,7 @@ class PhantomCohort:
         out_dir = Path(out_dir)
         start = time.perf_counter()
         grade_thresholds(cfg.latent)  # calibrate once here, before the workers copy the cache
-        n_images = write_patients(_patient_rows, cfg, cfg.n_patients, out_dir, TRUTH_FIELDS, workers)
+        n_images = write_patients(_patient_rows, cfg, out_dir, TRUTH_FIELDS, workers)
         seconds = time.perf_counter() - start
         cohort = cls(out_dir, cfg, n_images, seconds)
         atomic_write_text(out_dir / "phantom.json", json.dumps(cohort.manifest(), indent=2))

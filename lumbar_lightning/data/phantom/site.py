@@ -632,7 +632,7 @@ class SiteCohort:
         out_dir = Path(out_dir)
         start = time.perf_counter()
         grade_cuts(cfg)
-        n_images = write_patients(_site_patient, cfg, cfg.n_patients, out_dir, SITE_TRUTH_FIELDS, workers)
+        n_images = write_patients(_site_patient, cfg, out_dir, SITE_TRUTH_FIELDS, workers)
         cohort = cls(out_dir, cfg, n_images, time.perf_counter() - start)
         atomic_write_text(out_dir / "phantom.json", json.dumps(cohort.manifest(), indent=2))
         return cohort
