@@ -55,7 +55,7 @@ format: install ## Apply ruff's formatting and safe fixes
 	$(BIN)/ruff check --fix .
 
 bench: install ## Speed benchmarks (prints ratios, writes bench.json)
-	$(BIN)/python -m lumbar_lightning.bench
+	$(BIN)/lumbar-bench
 
 clean: ## Remove run outputs (keeps .venv and data)
 	rm -rf logs .pytest_cache

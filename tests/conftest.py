@@ -96,8 +96,8 @@ def tiny_run(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     """One trained fold (rater A1, fold 0) on the tiny phantom, as `lumbar-train` lays it out."""
     from hydra import compose, initialize_config_dir
 
-    from lumbar_lightning.cli import CONF_DIR
-    from lumbar_lightning.runner import run_fold
+    from lumbar_lightning.conf import CONF_DIR
+    from lumbar_lightning.engine.fold import run_fold
 
     root = tmp_path_factory.mktemp("tiny_run")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from lumbar_lightning.data.dataset import LumbarDataset
 from lumbar_lightning.evaluation.baseline import FEATURES, box_features, intensity_baseline
@@ -28,9 +29,10 @@ def test_intensity_baseline_is_cross_validated_by_patient(tiny_phantom: Path, tm
     assert 0.0 <= res["f1_macro"] <= 1.0 and 0.0 <= res["accuracy"] <= 1.0
 
 
+@pytest.mark.slow  # make test-full: make bench runs every section itself; 50 s
 def test_bench_smoke_reports_every_section_as_numbers() -> None:
     """`make bench` in miniature: every figure present and positive, ratios consistent, targets judged."""
-    from lumbar_lightning.bench import TARGETS, markdown_block, run
+    from lumbar_lightning.engine.bench import TARGETS, markdown_block, run
 
     out = run(small=True)
     for preset in ("demo", "paper"):
@@ -62,7 +64,7 @@ def test_bench_smoke_reports_every_section_as_numbers() -> None:
 def test_ab_rounds_alternate_the_order_and_pair_the_ratios() -> None:
     import time
 
-    from lumbar_lightning.bench import ab_rounds
+    from lumbar_lightning.engine.bench import ab_rounds
 
     calls: list[str] = []
 

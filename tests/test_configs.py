@@ -9,9 +9,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from lumbar_lightning.cli import CONF_DIR
+from lumbar_lightning.conf import CONF_DIR
+from lumbar_lightning.engine.fold import build_modules
 from lumbar_lightning.models.stages import CanalDetector, GradeClassifier, RootletClassifier
-from lumbar_lightning.runner import build_modules
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 
@@ -63,7 +63,7 @@ def test_trainer_and_debug_groups_compose(trainer: str, debug: str) -> None:
 
 
 def test_each_classifier_can_have_its_own_patch_geometry() -> None:
-    from lumbar_lightning.runner import stage_geometry
+    from lumbar_lightning.engine.fold import stage_geometry
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=["experiment=demo"])

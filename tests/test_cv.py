@@ -12,8 +12,8 @@ from conftest import TINY_CV
 from hydra import compose, initialize_config_dir
 from wandb_offline import offline_runs
 
-from lumbar_lightning.cli import CONF_DIR
-from lumbar_lightning.cv import cross_validate
+from lumbar_lightning.conf import CONF_DIR
+from lumbar_lightning.engine.cross_validation import cross_validate
 from lumbar_lightning.evaluation.study import load_cv_predictions, task_set
 
 
@@ -77,13 +77,13 @@ def test_wandb_runs_are_recorded_without_console_output(tmp_path: Path) -> None:
 
     code = (
         "from pathlib import Path; from hydra import compose, initialize_config_dir;"
-        "from lumbar_lightning.cli import CONF_DIR; from lumbar_lightning.tracking import wandb_run\n"
+        "from lumbar_lightning.conf import CONF_DIR; from lumbar_lightning.tracking.wandb import wandb_run\n"
         "with initialize_config_dir(config_dir=CONF_DIR, version_base='1.3'):\n"
         "    cfg = compose(config_name='train', overrides=['logger=wandb'])\n"
         f"with wandb_run(cfg, 'quiet-run', Path({str(tmp_path)!r}), job_type='test') as run:\n"
         "    run.log({'a': 1.0}); run.summary['b'] = 2.0\n"
         # and a stage's Lightning WandbLogger, built as every fit builds it
-        "from lumbar_lightning.runner import _trainer; from lumbar_lightning.tracking import finish_active_run\n"
+        "from lumbar_lightning.engine.fold import _trainer; from lumbar_lightning.tracking.wandb import finish_active_run\n"
         # into a folder that does not exist yet, as a CV's first fit finds it ("git root ... does not exist")
         f"fit, _ = _trainer(cfg, 'grade', cfg.model.grade, Path({str(tmp_path)!r}), 'val/acc', 'quiet-fit',"
         f" Path({str(tmp_path / 'cv' / 'logs')!r}))\n"
@@ -177,7 +177,7 @@ def test_compare_two_runs(tiny_cv: Path, tiny_phantom: Path, tmp_path: Path) -> 
                                                    "seed=3", *TINY_CV])  # fmt: skip
     cross_validate(cfg, root=tmp_path / "b")
     out = tmp_path / "cmp"
-    cmd = [sys.executable, "-m", "lumbar_lightning.compare", f"run_a={tiny_cv}", f"run_b={tmp_path / 'b'}",
+    cmd = [sys.executable, "-m", "lumbar_lightning.cli.compare", f"run_a={tiny_cv}", f"run_b={tmp_path / 'b'}",
            f"out_dir={out}", f"hydra.run.dir={tmp_path / 'h'}"]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -194,11 +194,12 @@ def test_compare_two_runs(tiny_cv: Path, tiny_phantom: Path, tmp_path: Path) -> 
     assert "A1-C1@a" in comparison["grade"]["agreement"] and own["A1-C1"]["n"] <= len(frame)
     md = (out / "comparison.md").read_text()
     assert "McNemar" in md and (out / "comparison_grade.png").exists()
-    bad = subprocess.run([sys.executable, "-m", "lumbar_lightning.compare", f"run_a={tiny_cv}", f"run_b={tmp_path}",
+    bad = subprocess.run([sys.executable, "-m", "lumbar_lightning.cli.compare", f"run_a={tiny_cv}", f"run_b={tmp_path}",
                           f"hydra.run.dir={tmp_path / 'h2'}"], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow  # make test-full: 20 s
 def test_a_multirun_over_folds_reproduces_the_cv_folds(
     tiny_cv: Path, tiny_phantom: Path, tmp_path: Path
 ) -> None:
@@ -208,7 +209,7 @@ def test_a_multirun_over_folds_reproduces_the_cv_folds(
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "lumbar_lightning.train", "-m", f"data.data_dir={tiny_phantom}", "logger=csv",
+    cmd = [sys.executable, "-m", "lumbar_lightning.cli.train", "-m", f"data.data_dir={tiny_phantom}", "logger=csv",
            "data.fold=1,2", "data.rater=A2", "threads=1", f"hydra.sweep.dir={tmp_path}", *TINY_CV]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -235,7 +236,7 @@ def test_the_consensus_detector_is_trained_once_per_fold_and_shared(tiny_cv: Pat
 
 
 def test_plan_jobs_groups_raters_per_fold_only_for_a_shared_detector(tmp_path: Path) -> None:
-    from lumbar_lightning.cv import plan_jobs
+    from lumbar_lightning.engine.cross_validation import plan_jobs
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         shared = compose(config_name="cv")
@@ -254,7 +255,7 @@ def test_cv_workers_keep_lightning_notices_out_of_the_fold_lines(tmp_path: Path)
     import sys
 
     code = (
-        "import lightning as L; from lumbar_lightning.cv import quiet_lightning\n"
+        "import lightning as L; from lumbar_lightning.engine.cross_validation import quiet_lightning\n"
         "from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn\n"
         "quiet_lightning(); L.Trainer(logger=False, enable_checkpointing=False); rank_zero_info('an info notice')\n"
         "rank_zero_warn('a real warning')\n"
@@ -288,7 +289,7 @@ def test_killing_lumbar_cv_ends_its_workers(tiny_phantom: Path, tmp_path: Path) 
     import sys
     import time
 
-    cmd = [sys.executable, "-m", "lumbar_lightning.cv", f"data.data_dir={tiny_phantom}", "logger=none",
+    cmd = [sys.executable, "-m", "lumbar_lightning.cli.cv", f"data.data_dir={tiny_phantom}", "logger=none",
            "cv.workers=2", "threads=1", *TINY_CV, f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
     parent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

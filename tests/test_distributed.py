@@ -57,6 +57,7 @@ def _fit_rootlet(data_dir: Path, out: Path, **trainer_kwargs: Any) -> tuple[dict
     return metrics, [int(p.read_text()) for p in sorted(out.glob("steps_*"))]
 
 
+@pytest.mark.slow  # make test-full: two spawned processes; 37 s
 def test_ddp_sim_matches_single_process(tiny_phantom: Path, tmp_path: Path) -> None:
     single, single_steps = _fit_rootlet(tiny_phantom, tmp_path / "single", devices=1)
     ddp, ddp_steps = _fit_rootlet(tiny_phantom, tmp_path / "ddp", devices=2, strategy="ddp_spawn")
@@ -74,7 +75,7 @@ def test_lumbar_train_with_ddp_sim_writes_one_fold(tiny_phantom: Path, tmp_path:
     from conftest import TINY_CV
     from wandb_offline import offline_runs
 
-    cmd = [sys.executable, "-m", "lumbar_lightning.train", f"data.data_dir={tiny_phantom}", "trainer=ddp_sim",
+    cmd = [sys.executable, "-m", "lumbar_lightning.cli.train", f"data.data_dir={tiny_phantom}", "trainer=ddp_sim",
            "logger=many", f"hydra.run.dir={tmp_path}", *TINY_CV]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

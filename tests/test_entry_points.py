@@ -98,6 +98,7 @@ def test_cv_debug_fdr(tiny_phantom: Path, tmp_path: Path) -> None:
         assert json.loads((run / rater / "fold_0" / "metrics.json").read_text())["detector"]["epochs"] == 0
 
 
+@pytest.mark.slow  # make test-full: debug=fdr covers the debug presets in make test; 25 s
 def test_cv_debug_limit(tiny_phantom: Path, tmp_path: Path) -> None:
     run = tmp_path / "cv"
     _cv(tiny_phantom, run, "debug=limit")
@@ -152,7 +153,7 @@ def test_wheel_carries_the_configs(tiny_phantom: Path, tmp_path: Path) -> None:
                            capture_output=True, text=True, cwd=tmp_path, check=True)  # fmt: skip
     assert where.stdout.strip().startswith(str(site)), where.stdout
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([str(venv / "bin" / "python"), "-m", "lumbar_lightning.ingest", "data_dir=data",
+    result = subprocess.run([str(venv / "bin" / "python"), "-m", "lumbar_lightning.cli.ingest", "data_dir=data",
                              "hydra.run.dir=run", "num_folds=4"], capture_output=True, text=True, cwd=tmp_path,
                             env=env, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -162,7 +163,7 @@ def test_wheel_carries_the_configs(tiny_phantom: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["cv", "train", "reproduce", "ingest", "synth", "predict", "compare"])
 def test_every_entry_point_config_is_in_the_package(name: str) -> None:
-    from lumbar_lightning.cli import CONF_DIR
+    from lumbar_lightning.conf import CONF_DIR
 
     assert (Path(CONF_DIR) / f"{name}.yaml").is_file()
     assert Path(CONF_DIR).is_relative_to(Path(__file__).resolve().parent.parent / "lumbar_lightning")

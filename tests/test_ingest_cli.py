@@ -10,7 +10,7 @@ import pandas as pd
 
 
 def _ingest(*overrides: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "lumbar_lightning.ingest", *overrides]
+    cmd = [sys.executable, "-m", "lumbar_lightning.cli.ingest", *overrides]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 

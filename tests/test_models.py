@@ -12,9 +12,9 @@ from torch import nn
 
 from lumbar_lightning.data.datamodules import PatchDataModule, SliceDataModule
 from lumbar_lightning.data.transforms import PatchGeometry
+from lumbar_lightning.inference.pipeline import Pipeline, load_stage_weights
 from lumbar_lightning.models.nets import CanalVGG
 from lumbar_lightning.models.stages import CanalDetector, GradeClassifier, RootletClassifier
-from lumbar_lightning.pipeline import Pipeline, load_stage_weights
 
 DM = dict(num_folds=4, batch_size=16, eval_batch_size=64)
 

@@ -30,10 +30,11 @@ def _has_avx512() -> bool:
 
 def _layers(tmp_path: Path, **env: str) -> dict[str, str]:
     clean = {k: v for k, v in os.environ.items() if k not in PINNED_ENV}
-    result = subprocess.run([sys.executable, "-m", "lumbar_lightning.engine.numerics"], capture_output=True,
+    out = tmp_path / f"numerics-{len(list(tmp_path.glob('numerics-*.json')))}.json"  # one file per call
+    result = subprocess.run([sys.executable, "-m", "lumbar_lightning.cli.numerics", f"out={out}"], capture_output=True,
                             text=True, timeout=300, env={**clean, **env}, cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads(result.stdout)
+    return json.loads(out.read_text())
 
 
 def test_this_process_is_pinned() -> None:

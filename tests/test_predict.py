@@ -18,7 +18,7 @@ from lumbar_lightning.data.labels import GRADES
 
 
 def _predict(*args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "lumbar_lightning.predict", "progress=false", *args]
+    cmd = [sys.executable, "-m", "lumbar_lightning.cli.predict", "progress=false", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
@@ -147,7 +147,7 @@ def test_nothing_readable_exits_non_zero_with_one_sentence(tiny_run: Path, tmp_p
 
 
 def test_estimated_levels_count_up_from_the_lowest_slice() -> None:
-    from lumbar_lightning.predict import estimated_levels
+    from lumbar_lightning.inference.predict import estimated_levels
 
     positions = np.array([-50.0, -23.1, -22.9, 0.0, 13.0, 130.0, 180.0])  # order does not matter
     levels = estimated_levels(positions, segment_mm=36.0, offset=0.25)

@@ -12,10 +12,10 @@ import pytest
 from conftest import TINY_CV
 from hydra import compose, initialize_config_dir
 
-from lumbar_lightning.cli import CONF_DIR
-from lumbar_lightning.cv import cross_validate
+from lumbar_lightning.conf import CONF_DIR
 from lumbar_lightning.data.dicom import pseudonymise
 from lumbar_lightning.data.phantom.cohort import PhantomCohort, PhantomConfig
+from lumbar_lightning.engine.cross_validation import cross_validate
 
 IDENTIFYING = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "StudyDate")
 
@@ -39,7 +39,7 @@ def leak_workspace(tmp_path_factory: pytest.TempPathFactory) -> dict:
     PhantomCohort.generate(PhantomConfig(n_patients=8, seed=11, image_size=128, pixel_spacing_mm=1.72,
                                          identifiers=True), data, workers=2)  # fmt: skip
     secrets = identifiers_in(data / "dicom")
-    ingest = subprocess.run([sys.executable, "-m", "lumbar_lightning.ingest", f"data_dir={data}", "num_folds=4",
+    ingest = subprocess.run([sys.executable, "-m", "lumbar_lightning.cli.ingest", f"data_dir={data}", "num_folds=4",
                              f"hydra.run.dir={root / 'ingest'}"], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert ingest.returncode == 0, ingest.stderr[-2000:]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -48,7 +48,7 @@ def leak_workspace(tmp_path_factory: pytest.TempPathFactory) -> dict:
     cross_validate(cfg, root=root / "cv")
     study = root / "incoming" / "study1"  # a study handed over for grading (copied, as a user would)
     shutil.copytree(sorted((data / "dicom").iterdir())[0], study)
-    predict = subprocess.run([sys.executable, "-m", "lumbar_lightning.predict", f"run_dir={root / 'cv'}",
+    predict = subprocess.run([sys.executable, "-m", "lumbar_lightning.cli.predict", f"run_dir={root / 'cv'}",
                               f"input={study.parent}", f"out_dir={root / 'predicted'}", "progress=false",
                               f"hydra.run.dir={root / 'predict'}"], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert predict.returncode == 0, predict.stderr[-2000:]

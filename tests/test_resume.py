@@ -15,14 +15,14 @@ import pytest
 import torch
 from conftest import TINY_CV
 
-from lumbar_lightning.reproduce import comparable
+from lumbar_lightning.engine.reproduce import comparable
 
 #: Enough grade epochs that a kill lands inside the stage.
 LONGER_GRADE = ["model.grade.trainer.max_epochs=6", "model.grade.samples_per_epoch=256", "threads=1"]
 
 
 def _train_cmd(data: Path, run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "lumbar_lightning.train", f"data.data_dir={data}", "logger=csv",
+    return [sys.executable, "-m", "lumbar_lightning.cli.train", f"data.data_dir={data}", "logger=csv",
             f"hydra.run.dir={run_dir}", *TINY_CV, *LONGER_GRADE]  # fmt: skip
 
 
@@ -75,13 +75,13 @@ def test_killed_mid_stage_then_resumed_equals_uninterrupted(tiny_phantom: Path, 
 def test_make_reproduce_finds_no_difference_for_a_recorded_fold(tiny_run: Path, tiny_phantom: Path,
                                                                 tmp_path: Path) -> None:  # fmt: skip
     """`make reproduce` in miniature: record the tiny fold, train it again in another process, diff: empty."""
-    from lumbar_lightning.reproduce import record_reference
+    from lumbar_lightning.engine.reproduce import record_reference
 
     reference = tmp_path / "reference"
     assert record_reference(tiny_run, reference) == 1
     recorded = json.loads((reference / "A1" / "fold_0.json").read_text())
     assert "seconds" not in recorded and "fit_seconds" not in recorded["grade"]["gt_box"]
-    cmd = [sys.executable, "-m", "lumbar_lightning.reproduce", f"data_dir={tiny_phantom}", "logger=none",
+    cmd = [sys.executable, "-m", "lumbar_lightning.cli.reproduce", f"data_dir={tiny_phantom}", "logger=none",
            f"reference={reference}", f"hydra.run.dir={tmp_path / 'again'}", "threads=1", *TINY_CV]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -89,7 +89,7 @@ def test_make_reproduce_finds_no_difference_for_a_recorded_fold(tiny_run: Path, 
 
 
 def test_any_difference_is_reported_with_its_path() -> None:
-    from lumbar_lightning.reproduce import diff_metrics
+    from lumbar_lightning.engine.reproduce import diff_metrics
 
     a = {
         "grade": {"chained": {"accuracy": 0.9, "confusion_matrix": [[3, 1], [0, 2]]}, "seconds": 5.0},
@@ -110,7 +110,7 @@ CV_FOLDS = ["cv.folds=[0,1]", *LONGER_GRADE]
 
 
 def _cv_cmd(data: Path, run_dir: Path, workers: int) -> list[str]:
-    return [sys.executable, "-m", "lumbar_lightning.cv", f"data_dir={data}", "logger=csv", f"cv.workers={workers}",
+    return [sys.executable, "-m", "lumbar_lightning.cli.cv", f"data_dir={data}", "logger=csv", f"cv.workers={workers}",
             f"hydra.run.dir={run_dir}", *TINY_CV, *CV_FOLDS]  # fmt: skip
 
 
@@ -162,7 +162,7 @@ def test_killed_cv_resumes_to_the_uninterrupted_summary(uninterrupted_cv: tuple[
 
 
 def test_tolerance_is_the_prediction_interval_of_the_recorded_seeds(tmp_path: Path) -> None:
-    from lumbar_lightning.reproduce import SPREAD_FILE, tolerance_for
+    from lumbar_lightning.engine.reproduce import SPREAD_FILE, tolerance_for
 
     values = {"grade/chained/accuracy": [0.90, 0.92, 0.94], "splits/test/images": [40.0, 40.0, 40.0],
               "grade/chained/confusion_matrix[0][0]": [10.0, 12.0, 11.0]}  # fmt: skip
@@ -176,7 +176,7 @@ def test_tolerance_is_the_prediction_interval_of_the_recorded_seeds(tmp_path: Pa
 
 
 def test_a_changed_environment_is_judged_within_tolerance() -> None:
-    from lumbar_lightning.reproduce import diff_metrics
+    from lumbar_lightning.engine.reproduce import diff_metrics
 
     expected = {"grade": {"chained": {"accuracy": 0.90, "f1_per_class": {"D": 0.5}}}, "splits": {"n": 40}}
     tol = {"grade/chained/accuracy": 0.05, "splits/n": 0.0}
@@ -193,7 +193,7 @@ def test_a_changed_environment_is_judged_within_tolerance() -> None:
 def test_reproduce_names_the_changed_environment_and_fails_outside_the_spread(
     tiny_run: Path, tiny_phantom: Path, tmp_path: Path
 ) -> None:
-    from lumbar_lightning.reproduce import ENVIRONMENT_FILE, SPREAD_FILE, leaves, record_reference
+    from lumbar_lightning.engine.reproduce import ENVIRONMENT_FILE, SPREAD_FILE, leaves, record_reference
 
     reference = tmp_path / "reference"
     record_reference(tiny_run, reference)
@@ -206,7 +206,7 @@ def test_reproduce_names_the_changed_environment_and_fails_outside_the_spread(
     (reference / SPREAD_FILE).write_text(json.dumps({"values": {"A1": spread}}))
     fold["grade"]["chained"]["accuracy"] = accuracy + 0.5  # far outside a 0.01 seed-to-seed spread
     (reference / "A1" / "fold_0.json").write_text(json.dumps(fold))
-    cmd = [sys.executable, "-m", "lumbar_lightning.reproduce", f"data_dir={tiny_phantom}", "logger=none",
+    cmd = [sys.executable, "-m", "lumbar_lightning.cli.reproduce", f"data_dir={tiny_phantom}", "logger=none",
            f"reference={reference}", f"hydra.run.dir={tmp_path / 'again'}", "threads=1", *TINY_CV]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     log = result.stdout + result.stderr

@@ -19,8 +19,8 @@ from torch import nn
 from lumbar_lightning.data.datamodules import PatchDataModule, fold_rows
 from lumbar_lightning.data.series import canal_brightness, reference_slices
 from lumbar_lightning.data.transforms import PatchGeometry
+from lumbar_lightning.inference.pipeline import Pipeline
 from lumbar_lightning.models.stages import CanalDetector, GradeClassifier, RootletClassifier
-from lumbar_lightning.pipeline import Pipeline
 
 
 def _box(x0: float, y0: float, side: float) -> list[float]:
@@ -159,7 +159,7 @@ def test_a_series_reference_fold_trains_and_lumbar_predict_reproduces_its_test_p
     fold's own chained probabilities (the reference is chosen the same way in both)."""
     run = tmp_path / "run"
     train = subprocess.run(
-        [sys.executable, "-m", "lumbar_lightning.train", f"data.data_dir={tiny_phantom}", "logger=none", *TINY_CV,
+        [sys.executable, "-m", "lumbar_lightning.cli.train", f"data.data_dir={tiny_phantom}", "logger=none", *TINY_CV,
          "model.grade.module.series_reference=true", "model.grade.module.flip_tta=true", f"hydra.run.dir={run}"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
@@ -171,7 +171,7 @@ def test_a_series_reference_fold_trains_and_lumbar_predict_reproduces_its_test_p
     source = next(d for d in patient_dirs if pydicom.dcmread(next(d.glob("*.dcm"))).SOPInstanceUID in uids)
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "lumbar_lightning.predict", "progress=false", f"run_dir={fold}", f"input={source}",
+        [sys.executable, "-m", "lumbar_lightning.cli.predict", "progress=false", f"run_dir={fold}", f"input={source}",
          f"out_dir={out}", f"hydra.run.dir={tmp_path / 'h'}"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip

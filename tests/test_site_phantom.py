@@ -13,8 +13,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from pydicom.uid import RLELossless
 
-from lumbar_lightning.cli import CONF_DIR
+from lumbar_lightning.conf import CONF_DIR
 from lumbar_lightning.data.dataset import LumbarDataset
+from lumbar_lightning.data.phantom.families import phantom_config
 from lumbar_lightning.data.phantom.site import (
     SiteCohort,
     SiteConfig,
@@ -24,7 +25,6 @@ from lumbar_lightning.data.phantom.site import (
     grade_units,
     reader_agreement,
 )
-from lumbar_lightning.synth import phantom_config
 
 PRESETS = ("site_b", "site_c")
 

@@ -7,12 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import TINY_CV
 from hydra import compose, initialize_config_dir
 from wandb_offline import read_run
 
-from lumbar_lightning.cli import CONF_DIR
+from lumbar_lightning.conf import CONF_DIR
 
 TINY = [o for o in TINY_CV if not o.startswith(("experiment_name=", "model.grade.module.width="))]
 SEARCHED = {"model.grade.module.optimizer.lr", "model.grade.module.width", "model.grade.patch.size",
@@ -20,7 +21,7 @@ SEARCHED = {"model.grade.module.optimizer.lr", "model.grade.module.width", "mode
 
 
 def _multirun(*args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "lumbar_lightning.train", "-m", *args]
+    cmd = [sys.executable, "-m", "lumbar_lightning.cli.train", "-m", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
 
 
@@ -46,6 +47,7 @@ def test_optuna_search_runs_trials_in_one_folder_and_group_and_writes_the_best(t
     assert len(runs) == 2 * 4 and {r["group"] for r in runs} == {"grade_optuna"}  # 4 runs a trial, one group
 
 
+@pytest.mark.slow  # make test-full: the Optuna sweep test covers multirun in make test; 27 s
 def test_submitit_local_launcher_runs_one_fold_per_job(tiny_phantom: Path, tmp_path: Path) -> None:
     """The SLURM path without SLURM: the same sweep through submitit's local executor, two jobs at once."""
     result = _multirun("data.fold=0,1", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=15",

@@ -15,7 +15,7 @@ TINY = ["data.num_folds=4", "data.patch.size=24", "model.detector.module.image_s
 
 
 def _train(data_dir: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "lumbar_lightning.train", f"data.data_dir={data_dir}", f"hydra.run.dir={run_dir}",
+    cmd = [sys.executable, "-m", "lumbar_lightning.cli.train", f"data.data_dir={data_dir}", f"hydra.run.dir={run_dir}",
            *TINY, *overrides]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from lumbar_lightning.data.dataset import LumbarDataset
 from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.data.folds import SPLITS, StratifiedPatientFolds
-from lumbar_lightning.data.labels import BOX_COLUMNS, GRADES
+from lumbar_lightning.data.labels import BOX_COLUMNS, GRADES, LEVEL_INDEX
 from lumbar_lightning.data.series import canal_brightness, reference_slices
 from lumbar_lightning.data.transforms import (
     AugmentConfig,
@@ -28,8 +28,6 @@ from lumbar_lightning.data.transforms import (
     scale_boxes,
 )
 
-#: Class index of each level: the rootlet classifier's single logit is P(rootlet).
-LEVEL_INDEX = {"cord": 0, "rootlet": 1}
 GRADE_INDEX = {g: i for i, g in enumerate(GRADES)}
 TASKS = ("rootlet", "grade")
 BOX = list(BOX_COLUMNS)

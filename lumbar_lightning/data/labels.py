@@ -15,6 +15,8 @@ from lumbar_lightning.data.errors import DataContractError
 
 GRADES = ("A", "B", "C", "D")
 LEVELS = ("rootlet", "cord")
+#: Class index of each level: the rootlet classifier's single logit is P(rootlet).
+LEVEL_INDEX = {"cord": 0, "rootlet": 1}
 BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
 REQUIRED_COLUMNS = ("analyzer", "sop_instance_uid", *BOX_COLUMNS, "level", "grade")
 LABEL_COLUMNS = [*REQUIRED_COLUMNS, "vertebral_level", "line"]

@@ -1,7 +1,7 @@
 """Numerics that depend on the locked environment, not on the CPU that runs them.
 
 The same fold trained to different numbers on AVX2 and AVX-512 machines. Hashing each layer
-(``python -m lumbar_lightning.engine.numerics``) showed where it first diverged: numpy's AVX-512 kernels
+(``lumbar-numerics``) showed where it first diverged: numpy's AVX-512 kernels
 (``exp``, ``sin``, ...) change the phantom's pixels, and oneDNN's AVX-512 convolutions change the forward
 pass. Every x86-64 machine we run on has AVX2 (with FMA), so each library is held to its AVX2 code path:
 
@@ -22,7 +22,6 @@ what pinning costs.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import platform
 import sys
@@ -236,16 +235,3 @@ def layer_hashes(work_dir: str | os.PathLike[str]) -> dict[str, str]:
     loss.backward()
     out["detector_backward"] = digest(*[p.grad for p in detector.parameters() if p.grad is not None])
     return out
-
-
-def main() -> None:
-    """``python -m lumbar_lightning.engine.numerics``: the fingerprint and the layer hashes, as JSON."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        hashes = layer_hashes(tmp)
-    print(json.dumps({"fingerprint": fingerprint(), "layers": hashes}, indent=1))
-
-
-if __name__ == "__main__":
-    main()

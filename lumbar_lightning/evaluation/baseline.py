@@ -1,14 +1,11 @@
 """A deliberately simple grader: logistic regression on intensity statistics of the rater's canal box.
 
 It answers "can a trivial rule read the grade off the phantom?" with the same patient-level folds as the CNN.
-``python -m lumbar_lightning.evaluation.baseline DATA_DIR [RATER]`` prints its cross-validated agreement.
+``lumbar-intensity-baseline data_dir=DIR rater=A1`` prints its cross-validated agreement.
 """
 
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,14 +54,3 @@ def intensity_baseline(
     result["features"] = list(FEATURES)
     result["rater"] = rater
     return result
-
-
-if __name__ == "__main__":
-    data = LumbarDataset.ingest(sys.argv[1])
-    res = intensity_baseline(data, sys.argv[2] if len(sys.argv) > 2 else "A1")
-    print(
-        json.dumps(
-            {k: res[k] for k in ("rater", "n", "accuracy", "f1_macro", "f1_per_class", "kappa")}, indent=2
-        )
-    )
-    Path("baseline.json").write_text(json.dumps(res, indent=2, default=float))

@@ -2,13 +2,12 @@
 bars every cohort must meet (truth-Ck above the raters' agreement, macro F1, gross errors no worse than the
 raters', rootlet/cord against the truth, detection rate).
 
-``python -m lumbar_lightning.evaluation.cohorts NAME=RUN_DIR ...`` prints the markdown table and the checks.
+``lumbar-cohorts 'runs={NAME: RUN_DIR, ...}'`` prints the markdown table and the checks.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -99,17 +98,3 @@ def cohort_table(runs: dict[str, Path | str]) -> str:
                     f"{_pct(b['f1_macro'])} | {b['kappa_quadratic']:.3f} | {b['gross_errors']} | | | | |"
                 )
     return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if not args or any("=" not in a for a in args):
-        print(__doc__.strip().splitlines()[-1], file=sys.stderr)
-        return 2
-    runs = dict(a.split("=", 1) for a in args)
-    print(cohort_table(runs), end="")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

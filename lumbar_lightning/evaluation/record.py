@@ -1,6 +1,6 @@
 """Copy a finished run's result table into an experiment README (between markers), so it is never typed in.
 
-``python -m lumbar_lightning.evaluation.record RUN_DIR experiments/demo/README.md [experiments/demo/reference]``
+``lumbar-record run_dir=RUN_DIR readme=experiments/demo/README.md [reference=experiments/demo/reference]``
 (the reference folder adds the seed-to-seed table from its ``spread.json``).
 """
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +86,3 @@ def record(run_dir: Path | str, readme: Path | str, reference: Path | str | None
     replace_block(readme, results_block(Path(run_dir)))
     if reference is not None and (Path(reference) / "spread.json").exists():
         replace_block(readme, spread_block(Path(reference)), SPREAD_BEGIN, SPREAD_END)
-
-
-if __name__ == "__main__":
-    record(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None)

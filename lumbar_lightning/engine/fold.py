@@ -1,4 +1,4 @@
-"""Train and test the three stages for one fold and one rater, then run the chained pipeline on the test set.
+"""One fold for one rater: train and test the three stages, then run the chained pipeline on the test set.
 
 ``lumbar-train`` runs one ``run_fold``; ``lumbar-cv`` runs it for every fold and rater into one run folder.
 """
@@ -9,25 +9,25 @@ import csv
 import dataclasses
 import json
 import logging
-import random
 import time
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
-import numpy as np
-import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lumbar_lightning.data.datamodules import BOX, LEVEL_INDEX, PatchDataModule, SliceDataModule, load_dataset
+from lumbar_lightning.callbacks.rng import RngState
+from lumbar_lightning.data.datamodules import PatchDataModule, SliceDataModule, load_dataset
 from lumbar_lightning.data.dataset import LumbarDataset
-from lumbar_lightning.data.labels import CONSENSUS, GRADES
 from lumbar_lightning.data.transforms import PatchGeometry
+from lumbar_lightning.engine.detector_sharing import detector_rater
 from lumbar_lightning.engine.numerics import fingerprint
-from lumbar_lightning.evaluation.agreement import agreement
-from lumbar_lightning.io import atomic_copy, atomic_write_text
+from lumbar_lightning.evaluation.chained import chained_metrics
+from lumbar_lightning.inference.labelled import baseline_grades, predict_test_images
+from lumbar_lightning.inference.pipeline import Pipeline, load_stage_weights
+from lumbar_lightning.io import atomic_write_text
 from lumbar_lightning.models.stages import (
     CanalDetector,
     GradeClassifier,
@@ -35,8 +35,13 @@ from lumbar_lightning.models.stages import (
     RootletClassifier,
     StageModule,
 )
-from lumbar_lightning.pipeline import Pipeline, load_stage_weights
-from lumbar_lightning.tracking import confusion_plot, finish_active_run, run_config, wandb_run, wandb_settings
+from lumbar_lightning.tracking.wandb import (
+    finish_active_run,
+    log_confusion,
+    log_pipeline_run,
+    run_config,
+    wandb_settings,
+)
 
 log = logging.getLogger("lumbar_lightning")
 STAGES = ("detector", "rootlet", "grade")
@@ -46,7 +51,7 @@ def prepare_data(cfg: DictConfig) -> LumbarDataset:
     """Ingest ``data.data_dir``; the default location gets the phantom cohort generated on first use."""
     data_dir = Path(cfg.data.data_dir)
     if data_dir.resolve() == Path(cfg.paths.data_dir).resolve() and not (data_dir / "labels.csv").exists():
-        from lumbar_lightning.synth import ensure_phantom, phantom_config
+        from lumbar_lightning.data.phantom.families import ensure_phantom, phantom_config
 
         ensure_phantom(data_dir, phantom_config(cfg))
     return load_dataset(data_dir, cfg.data.get("cache_dir"), cfg.data.pseudonym_salt)
@@ -68,25 +73,6 @@ def _data_kwargs(cfg: DictConfig, fold: int, rater: str, stage_cfg: DictConfig) 
         "augment": OmegaConf.to_container(d.augment, resolve=True),
         "seed": cfg.seed,
     }
-
-
-class RngState(L.Callback):
-    """Saves the global RNG states (torch, numpy, python) in every checkpoint and restores them on resume, so a
-    stage resumed from ``last.ckpt`` draws what an uninterrupted run draws (Faster R-CNN samples its proposals
-    from torch's global RNG). Stored as tensors and plain lists: loadable with ``weights_only=True``."""
-
-    def state_dict(self) -> dict[str, Any]:
-        kind, keys, pos, has_gauss, cached = np.random.get_state()
-        version, state, gauss = random.getstate()
-        return {"torch": torch.get_rng_state(), "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
-                "python": [version, list(state), gauss]}  # fmt: skip
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        torch.set_rng_state(state["torch"])
-        kind, keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-        version, values, gauss = state["python"]
-        random.setstate((version, tuple(values), gauss))
 
 
 def _trainer(
@@ -191,7 +177,7 @@ def _fit_stage(cfg: DictConfig, stage: str, module: StageModule, datamodule: L.L
     metrics["epochs"] = epochs
     metrics["fit_seconds"] = round(fit_seconds, 2)
     if wandb_settings(cfg) is not None and "test/confmat" in metrics:
-        _log_confusion(
+        log_confusion(
             tester, metrics["test/confmat"], list(module.class_names), f"{run_name} test (rater boxes)"
         )
     finish_active_run()
@@ -220,17 +206,6 @@ def _checkpoint_progress(path: Path) -> tuple[float, int]:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     best = ckpt["state_dict"].get("val_best.max_value")
     return (float("nan") if best is None else float(best)), int(ckpt.get("epoch", -1)) + 1
-
-
-def _log_confusion(trainer: L.Trainer, confmat: list[list[int]], classes: list[str], title: str) -> None:
-    """A W&B confusion-matrix plot rebuilt from the counts (the run is Lightning's WandbLogger's)."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    y_true = [i for i, row in enumerate(confmat) for j, n in enumerate(row) for _ in range(int(n))]
-    y_pred = [j for i, row in enumerate(confmat) for j, n in enumerate(row) for _ in range(int(n))]
-    for lg in trainer.loggers:
-        if isinstance(lg, WandbLogger) and y_true:
-            lg.experiment.log({"test/confusion_matrix": confusion_plot(y_true, y_pred, classes, title)})
 
 
 def stage_geometry(cfg: DictConfig, stage: str) -> PatchGeometry:
@@ -330,36 +305,6 @@ def run_fold(
     return metrics
 
 
-def consensus_detector(cfg: DictConfig) -> bool:
-    """Whether the detector learns the consensus boxes (``model.detector.boxes: consensus``), so one detector per
-    fold serves every rater, or data.rater's own (``rater``)."""
-    boxes = cfg.model.detector.get("boxes", "rater")
-    if boxes not in ("rater", CONSENSUS):
-        raise ValueError(f"model.detector.boxes must be 'rater' or '{CONSENSUS}', got {boxes!r}")
-    return boxes == CONSENSUS
-
-
-def detector_rater(cfg: DictConfig, rater: str) -> str:
-    """Whose boxes the detector learns for ``rater``'s fold."""
-    return CONSENSUS if consensus_detector(cfg) else rater
-
-
-def share_detector(cfg: DictConfig, trained: Path, out_dir: Path) -> bool:
-    """Give the fold in ``out_dir`` the finished consensus detector of the same fold in ``trained`` (another
-    rater's fold folder), so ``run_fold`` reloads it instead of training the same network again. The copy is
-    what training would give: the consensus detector depends on neither rater's labels. Returns whether shared."""
-    src, dst = Path(trained) / "checkpoints" / "detector", Path(out_dir) / "checkpoints" / "detector"
-    # A fit that saves no checkpoint (fast_dev_run) leaves nothing to share: each rater's fold trains its own.
-    if not consensus_detector(cfg) or not (src / "done.json").exists() or not (src / "best.ckpt").exists():
-        return False
-    if (dst / "done.json").exists():
-        return True
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in ("best.ckpt", "done.json"):  # done.json last: it marks the stage finished
-        atomic_copy(src / name, dst / name)
-    return True
-
-
 def write_pipeline_spec(out_dir: Path, cfg: DictConfig, modules: dict[str, StageModule],
                         geometry: dict[str, PatchGeometry]) -> None:  # fmt: skip
     """What ``lumbar-predict`` needs besides the checkpoints, as plain data (nothing in it is ever executed):
@@ -373,122 +318,3 @@ def write_pipeline_spec(out_dir: Path, cfg: DictConfig, modules: dict[str, Stage
     }
     atomic_write_text(out_dir / "pipeline.json", json.dumps(spec, indent=2, default=str))
     atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-
-
-def flat_scalars(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of a nested metrics dict as ``a/b/c`` keys (for loggers)."""
-    out: dict[str, float] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flat_scalars(value, f"{name}/"))
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            out[name] = float(value)
-    return out
-
-
-def log_pipeline_run(
-    cfg: DictConfig, name: str, tracking_dir: Path, metrics: dict[str, Any], predictions: pd.DataFrame
-) -> None:
-    """The fold's chained results as a W&B run: metrics, confusion matrices, the per-image predictions table."""
-    with wandb_run(cfg, name, tracking_dir, job_type="pipeline") as run:
-        if run is None:
-            return
-        import wandb
-
-        rater = metrics["rater"]
-        run.log(flat_scalars({k: metrics[k] for k in ("detector", "rootlet", "grade")}))
-        for task, column, classes in (
-            ("rootlet", "level", list(LEVEL_INDEX)),
-            ("grade", "grade", list(GRADES)),
-        ):
-            pred_col = "pred_level" if task == "rootlet" else "pred_grade"
-            rows = predictions[(predictions[f"{column}_{rater}"] != "") & (predictions[pred_col] != "")]
-            if len(rows):
-                y_true = [classes.index(v) for v in rows[f"{column}_{rater}"]]
-                y_pred = [classes.index(v) for v in rows[pred_col]]
-                run.log(
-                    {f"chained/{task}_confusion": confusion_plot(y_true, y_pred, classes, f"{name} {task}")}
-                )
-        run.log({"predictions": wandb.Table(dataframe=predictions.astype(str))})
-
-
-def predict_test_images(pipeline: Pipeline, dataset: LumbarDataset, patients: np.ndarray, fold: int | str,
-                        rater: str, gt_boxes: bool = True) -> pd.DataFrame:  # fmt: skip
-    """One row per labelled image of the test patients: every rater's labels, the chained prediction, and (with
-    ``gt_boxes``) the prediction on the training rater's own box (the ground-truth-box path)."""
-    images = dataset.images.set_index("sop_instance_uid")
-    tables = [dataset.labels] + ([dataset.truth] if dataset.truth is not None else [])
-    labels = pd.concat([t.rows for t in tables])
-    uids = sorted(set(labels["sop_instance_uid"]) & set(images.index[images["patient"].isin(patients)]))
-    frame = pd.DataFrame({"sop_instance_uid": uids})
-    frame["patient"] = frame["sop_instance_uid"].map(images["patient"])
-    frame["fold"] = fold
-    frame["trained_on"] = rater
-    for who, part in labels.groupby("analyzer"):
-        part = part.set_index("sop_instance_uid")
-        frame[f"level_{who}"] = frame["sop_instance_uid"].map(part["level"]).fillna("")
-        frame[f"grade_{who}"] = frame["sop_instance_uid"].map(part["grade"]).fillna("")
-    vertebral = labels.drop_duplicates("sop_instance_uid").set_index("sop_instance_uid")["vertebral_level"]
-    frame["vertebral_level"] = frame["sop_instance_uid"].map(vertebral).fillna("")
-    pixels = [dataset.image(uid) for uid in uids]
-    spacing = images.loc[uids, "pixel_spacing_col"].astype(float).tolist()
-    series = images.loc[uids, "series_instance_uid"].to_numpy()
-    chained = pd.DataFrame([p.as_row() for p in pipeline.predict(pixels, pixel_mm=spacing, series=series)])
-    frame = pd.concat([frame, chained], axis=1)
-    if not gt_boxes:
-        return frame
-    own = dataset.labels.for_rater(rater)
-    has_box = [uid in own.index for uid in uids]
-    if any(has_box):
-        idx = [i for i, h in enumerate(has_box) if h]
-        boxes = own.loc[[uids[i] for i in idx], ["x_min", "y_min", "x_max", "y_max"]].to_numpy(np.float32)
-        gt = pipeline.predict([pixels[i] for i in idx], boxes=boxes, pixel_mm=[spacing[i] for i in idx],
-                              series=series[idx])  # fmt: skip
-        frame["gt_box_level"] = ""
-        frame["gt_box_grade"] = ""
-        frame.loc[idx, "gt_box_level"] = [p.level for p in gt]
-        frame.loc[idx, "gt_box_grade"] = [p.grade for p in gt]
-    return frame
-
-
-@torch.no_grad()
-def baseline_grades(
-    module: GradeClassifier,
-    dataset: LumbarDataset,
-    uids: pd.Series,
-    rater: str,
-    geometry: PatchGeometry,
-    batch_size: int = 256,
-) -> list[str]:
-    """The baseline's grade of each image on ``rater``'s own box, where the rater graded it ("" elsewhere): the
-    baseline needs no detector and no level call, which is what makes it the simplest honest comparison."""
-    own = dataset.labels.for_rater(rater)
-    graded = [uid for uid in uids if uid in own.index and own.at[uid, "grade"] != ""]
-    out = dict.fromkeys(uids, "")
-    module.eval()
-    for start in range(0, len(graded), batch_size):
-        part = graded[start : start + batch_size]
-        boxes = own.loc[part, BOX].to_numpy(dtype=float)
-        patches = np.stack(
-            [dataset.patch(uid, tuple(box), geometry, 1.0) for uid, box in zip(part, boxes, strict=True)]
-        )
-        x = torch.from_numpy(patches).float()[:, None]
-        calls = module.class_log_probs(module(x)).argmax(-1).tolist()
-        out.update({uid: GRADES[c] for uid, c in zip(part, calls, strict=True)})
-    return [out[uid] for uid in uids]
-
-
-def chained_metrics(predictions: pd.DataFrame, rater: str, balanced: bool = False) -> tuple[dict, dict]:
-    """Rootlet/cord and grade agreement of the chained pipeline with ``rater`` on the images the rater labelled.
-
-    The grade is compared where both the rater and the pipeline call the slice rootlet level (both have a grade).
-    """
-    level_col, grade_col = f"level_{rater}", f"grade_{rater}"
-    pred_grade = "pred_grade_balanced" if balanced else "pred_grade"
-    labelled = predictions[predictions[level_col] != ""]
-    rootlet = agreement(labelled[level_col], labelled["pred_level"], list(LEVEL_INDEX))
-    graded = labelled[(labelled[grade_col] != "") & (labelled[pred_grade] != "")]
-    grade = agreement(graded[grade_col], graded[pred_grade], GRADES)
-    grade["coverage"] = float(len(graded) / max(1, (labelled[grade_col] != "").sum()))
-    return rootlet, grade

@@ -1,4 +1,4 @@
-"""``make bench``: speed against this machine's limit and against what a user would otherwise write.
+"""The speed benchmarks (``lumbar-bench``, ``make bench``): speed against this machine's limit and against what a user would otherwise write.
 
 Every figure is the median of several repeats after a warm-up; every comparison is measured A/B/A/B in this
 process, so drift hits both sides alike. Machines are noisy: read the ratios, not the absolute times.
@@ -11,12 +11,11 @@ consumption, and the cache vs a naive ``pydicom.dcmread`` per item; (4) inferenc
 pinned vs native numerics (``engine.numerics``), in fresh processes; (7) GPU: fp32 vs bf16 autocast, channels_last,
 only when CUDA is present.
 
-``python -m lumbar_lightning.bench [--small]`` prints the table and writes ``bench.json``.
+``lumbar-bench [small=true] [record=README]`` prints the table and writes ``bench.json``.
 """
 
 from __future__ import annotations
 
-import json
 import resource
 import statistics
 import sys
@@ -90,7 +89,7 @@ def preset(experiment: str) -> Any:
     """The composed config of an experiment (its real model, patch and batch settings)."""
     from hydra import compose, initialize_config_dir
 
-    from lumbar_lightning.cli import CONF_DIR
+    from lumbar_lightning.conf import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name="train", overrides=[f"experiment={experiment}", "logger=none"])
@@ -98,7 +97,7 @@ def preset(experiment: str) -> Any:
 
 def stage_inputs(cfg: Any, stage: str, module: StageModule, batch: int | None = None) -> dict[str, Any]:
     """A synthetic training batch of the stage's real input shape (speed does not depend on pixel values)."""
-    from lumbar_lightning.runner import stage_geometry
+    from lumbar_lightning.engine.fold import stage_geometry
 
     n = batch or int(cfg.model[stage].batch_size)
     gen = torch.Generator().manual_seed(0)
@@ -143,7 +142,7 @@ def gemm_peak_flops(n: int = 2048, repeats: int = 7) -> float:
 
 
 def compute_section(presets: dict[str, Any], peak: float, steps: int, small: bool) -> dict[str, float]:
-    from lumbar_lightning.runner import build_modules
+    from lumbar_lightning.engine.fold import build_modules
 
     out: dict[str, float] = {}
     for name, cfg in presets.items():
@@ -183,7 +182,7 @@ def overhead_section(cfg: Any, steps: int, rounds: int = 7) -> dict[str, float]:
     """The demo grader through ``Trainer.fit`` vs the plain loop a user would write, on the same data and steps:
     the median of ``rounds`` paired ratios, and how much either side's time varied across rounds (the noise the
     ratio has to be read against)."""
-    from lumbar_lightning.runner import build_modules
+    from lumbar_lightning.engine.fold import build_modules
 
     batch_size = int(cfg.model.grade.batch_size)
     data = stage_inputs(cfg, "grade", build_modules(cfg)["grade"], batch_size * steps)
@@ -219,7 +218,7 @@ def overhead_section(cfg: Any, steps: int, rounds: int = 7) -> dict[str, float]:
 # -- data path ------------------------------------------------------------------------------------------------
 def data_section(root: Path, cache: Path, cfg: Any, model_rate: float) -> dict[str, float]:
     from lumbar_lightning.data.datamodules import PatchDataModule
-    from lumbar_lightning.runner import stage_geometry
+    from lumbar_lightning.engine.fold import stage_geometry
 
     out: dict[str, float] = {}
     ds = LumbarDataset.ingest(root, cache)
@@ -277,8 +276,8 @@ def inference_section(
     presets: dict[str, Any], study: list[np.ndarray], spacing: list[float]
 ) -> dict[str, float]:
     """Pipeline latency for one study (untrained weights: the work per slice is the same as trained)."""
-    from lumbar_lightning.pipeline import Pipeline
-    from lumbar_lightning.runner import build_modules, stage_geometry
+    from lumbar_lightning.engine.fold import build_modules, stage_geometry
+    from lumbar_lightning.inference.pipeline import Pipeline
 
     out: dict[str, float] = {}
     for name, cfg in presets.items():
@@ -296,7 +295,7 @@ def inference_section(
 # -- GPU ------------------------------------------------------------------------------------------------------
 def gpu_section(cfg: Any) -> dict[str, float]:
     """Paper preset images/s per stage on CUDA: fp32, bf16 autocast, and bf16 + channels_last."""
-    from lumbar_lightning.runner import build_modules
+    from lumbar_lightning.engine.fold import build_modules
 
     out: dict[str, float] = {"gpu/device": torch.cuda.get_device_name()}  # type: ignore[dict-item]
     modules = build_modules(cfg)
@@ -338,7 +337,7 @@ def _to_cuda(batch: dict[str, Any], channels_last: bool) -> dict[str, Any]:
 # -- numerics: pinned vs native ------------------------------------------------------------------------------
 def numerics_workload(steps: int) -> float:
     """Seconds for ``steps`` demo training steps of each stage, one thread (what a CV worker runs)."""
-    from lumbar_lightning.runner import build_modules
+    from lumbar_lightning.engine.fold import build_modules
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
@@ -364,7 +363,9 @@ def numerics_section(steps: int, rounds: int) -> dict[str, float]:
     import subprocess
 
     def seconds(mode: str) -> float:
-        code = f"from lumbar_lightning.bench import numerics_workload; print(numerics_workload({steps}))"
+        code = (
+            f"from lumbar_lightning.engine.bench import numerics_workload; print(numerics_workload({steps}))"
+        )
         env = {**os.environ, "LUMBAR_NUMERICS": mode}
         done = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
@@ -457,20 +458,3 @@ def markdown_block(result: dict[str, Any]) -> str:
         value = f"{t['value']:.3f}" if isinstance(t["value"], float) else t["value"]
         lines.append(f"| {key} | {t['rule']} | {value} | {t['met']} |")
     return "\n".join([*lines, "", END])
-
-
-def main() -> None:
-    result = run(small="--small" in sys.argv)
-    print_table(result)
-    Path("bench.json").write_text(json.dumps(result, indent=2))
-    print("wrote bench.json")
-    if "--record" in sys.argv:
-        from lumbar_lightning.evaluation.record import replace_block
-
-        readme = Path(sys.argv[sys.argv.index("--record") + 1])
-        replace_block(readme, markdown_block(result))
-        print(f"recorded in {readme}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""``lumbar-synth out_dir=DIR n_patients=N seed=S``: write the synthetic phantom cohort (the default data set)."""
+"""The phantom families and the cohort a ``phantom`` config node describes, made on first use (``ensure_phantom``)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lumbar_lightning.cli import CONF_PATH, exit_on_contract_error
 from lumbar_lightning.data.phantom.cohort import PhantomCohort, PhantomConfig
 from lumbar_lightning.data.phantom.samples import samples_figure
 from lumbar_lightning.data.phantom.site import SiteCohort, SiteConfig
 from lumbar_lightning.engine.numerics import numpy_numerics
 
-log = logging.getLogger("lumbar_lightning.synth")
+log = logging.getLogger("lumbar_lightning.phantom")
 
 
 #: Phantom families by ``phantom.family``: the default phantom, and the independently written site family whose
@@ -69,24 +67,3 @@ def ensure_phantom(
         f"{cohort.n_images} images in {cohort.seconds:.1f}s ({cohort.n_images / cohort.seconds:.0f} slices/s)"
     )
     return True
-
-
-@exit_on_contract_error
-def synth(cfg: DictConfig) -> Path:
-    config = phantom_config(cfg)
-    out_dir = Path(cfg.out_dir)
-    if cfg.force and (out_dir / "phantom.json").exists():
-        (out_dir / "phantom.json").unlink()
-    if not ensure_phantom(out_dir, config, workers=cfg.workers):
-        log.info(f"{out_dir} already holds this cohort (force=true regenerates it)")
-    log.info(f"samples: {out_dir / 'samples.png'}")
-    return out_dir
-
-
-@hydra.main(config_path=CONF_PATH, config_name="synth", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    synth(cfg)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""``lumbar-evaluate run_dir=CV_RUN data_dir=OTHER``: external validation, the way the field checks robustness.
+"""External validation (``lumbar-evaluate run_dir=CV_RUN data_dir=OTHER``), the way the field checks robustness.
 
 A finished cross-validation's fold ensemble (every fold of each rater's classifier, probabilities averaged, as
 ``lumbar-predict`` grades) is applied unchanged to another labelled data set in the data contract. Every labelled
@@ -10,26 +10,26 @@ their names, so ``A1-C1`` there is its rater A1 against the classifier trained o
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
 from torchvision.ops import box_iou
 
-from lumbar_lightning.cli import CONF_PATH, exit_on_contract_error, log, output_dir
-from lumbar_lightning.cv import log_summary_run
 from lumbar_lightning.data.datamodules import load_dataset
 from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.data.labels import BOX_COLUMNS, CONSENSUS
 from lumbar_lightning.evaluation.report import write_cv_report
+from lumbar_lightning.inference.ensemble import Ensemble, fold_dirs, load_fold_pipeline
+from lumbar_lightning.inference.labelled import predict_test_images
 from lumbar_lightning.io import atomic_write_text
-from lumbar_lightning.predict import Ensemble, fold_dirs, load_fold_pipeline
-from lumbar_lightning.runner import predict_test_images
+from lumbar_lightning.tracking.wandb import log_summary_run
 
+log = logging.getLogger("lumbar_lightning")
 EXTERNAL_FOLD = "external"
 
 
@@ -48,9 +48,9 @@ def detection(predictions: pd.DataFrame, dataset: Any) -> dict[str, float]:
     return {"rate": float((iou >= 0.5).float().mean()), "iou": float(iou.mean()), "n": len(iou)}
 
 
-@exit_on_contract_error
-def evaluate(cfg: DictConfig, out: Path | None = None) -> dict[str, Any]:
-    run_dir, out = Path(cfg.run_dir), Path(out or output_dir())
+def evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """Grade ``data_dir`` with ``run_dir``'s fold ensembles; write the study tables and report into ``out``."""
+    run_dir, out = Path(cfg.run_dir), Path(out)
     raters = trained_raters(run_dir)
     if not raters:
         raise DataContractError(
@@ -94,12 +94,3 @@ def evaluate(cfg: DictConfig, out: Path | None = None) -> dict[str, Any]:
         )
     log.info(f"report: {out / 'report.md'}")
     return summary
-
-
-@hydra.main(config_path=CONF_PATH, config_name="evaluate", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
-
-
-if __name__ == "__main__":
-    main()

@@ -33,7 +33,6 @@ def summary_lines(report: dict) -> list[str]:
     return lines
 
 
-@exit_on_contract_error
 def ingest(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     dataset = LumbarDataset.ingest(cfg.data_dir, cfg.get("cache_dir"), salt=cfg.pseudonym_salt)
@@ -54,7 +53,8 @@ def ingest(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path=CONF_PATH, config_name="ingest", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    ingest(cfg)
+    with exit_on_contract_error():
+        ingest(cfg)
 
 
 if __name__ == "__main__":

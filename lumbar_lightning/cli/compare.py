@@ -11,7 +11,6 @@ from lumbar_lightning.cli import CONF_PATH, exit_on_contract_error, log, output_
 from lumbar_lightning.evaluation.compare import write_comparison
 
 
-@exit_on_contract_error
 def compare(cfg: DictConfig) -> dict:
     out = Path(cfg.out_dir) if cfg.get("out_dir") else output_dir()
     result = write_comparison(cfg.run_a, cfg.run_b, out, seed=cfg.seed)
@@ -26,7 +25,8 @@ def compare(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path=CONF_PATH, config_name="compare", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    compare(cfg)
+    with exit_on_contract_error():
+        compare(cfg)
 
 
 if __name__ == "__main__":

@@ -1,130 +1,38 @@
-"""``lumbar-predict run_dir=DIR input=PATH out_dir=DIR``: the trained pipeline on a DICOM folder of any layout.
+"""Prediction (``lumbar-predict``): the trained pipeline on a DICOM folder of any layout.
 
 Per study, the axial T2 series is chosen (``data/series.py``) and every slice goes through detector, rootlet
 classifier and grader, with one fold's checkpoints or the mean of several folds' (an ensemble). Writes
 ``predictions.csv`` (per image), ``summary.csv`` (worst grade per study and vertebral level), ``series.csv`` (which
 series each study used, and why the others were not), ``skipped.csv`` and overlay PNGs.
 
-Models are rebuilt from a fixed list of classes and the checkpoints' plain hyperparameters, loaded with
-``weights_only=True``: nothing from the run folder is imported or executed.
+Models come from ``inference/ensemble.py``: rebuilt from plain data, nothing from the run folder is executed.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from lumbar_lightning.cli import CONF_PATH, exit_on_contract_error, log, output_dir
 from lumbar_lightning.data.dicom import ImageCache, scan_dicom
 from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.data.labels import GRADES
 from lumbar_lightning.data.series import select_series
-from lumbar_lightning.data.transforms import PatchGeometry
+from lumbar_lightning.inference.ensemble import Ensemble, fold_dirs, load_fold_pipeline
 from lumbar_lightning.io import atomic_write_text
-from lumbar_lightning.models.stages import CanalDetector, GradeClassifier, RootletClassifier, StageModule
-from lumbar_lightning.pipeline import Pipeline, Prediction, load_stage_weights
 
-#: The only classes a run folder may name.
-STAGE_CLASSES: dict[str, type[StageModule]] = {
-    "detector": CanalDetector,
-    "rootlet": RootletClassifier,
-    "grade": GradeClassifier,
-}
-#: Hyperparameters that a checkpoint may legitimately hold differently from the run's record of its config.
-_RUNTIME_HPARAMS = {"class_prior", "pretrained"}
+log = logging.getLogger("lumbar_lightning")
+
 #: Disc levels from the sacrum up, for levels estimated from slice position.
 LEVELS_FROM_BOTTOM = ("L5/S1", "L4/L5", "L3/L4", "L2/L3", "L1/L2", "T12/L1")
-
-
-def fold_dirs(run_dir: Path, rater: str, fold: int | None) -> list[Path]:
-    """A fold folder itself, or the fold folders of a ``lumbar-cv``/``lumbar-train`` run folder for ``rater``."""
-    run_dir = Path(run_dir)
-    if (run_dir / "pipeline.json").is_file():
-        return [run_dir]
-    found = sorted(
-        run_dir.glob(f"{rater}/fold_*/pipeline.json"), key=lambda p: int(p.parent.name.split("_")[1])
-    )
-    dirs = [p.parent for p in found if fold is None or p.parent.name == f"fold_{fold}"]
-    if not dirs:
-        what = f"fold {fold} of rater {rater}" if fold is not None else f"any fold of rater {rater}"
-        raise DataContractError(
-            f"{run_dir}: no trained {what} (a fold folder holds pipeline.json and checkpoints/)"
-        )
-    return dirs
-
-
-def load_fold_pipeline(fold_dir: Path, device: str = "cpu", batch_size: int | None = None) -> Pipeline:
-    """The three stages of one trained fold, from ``pipeline.json`` and the best checkpoints."""
-    spec = json.loads((fold_dir / "pipeline.json").read_text())
-    modules: dict[str, StageModule] = {}
-    for stage, cls in STAGE_CLASSES.items():
-        recorded = spec["stages"][stage]
-        if recorded["class"] != cls.__name__:
-            raise DataContractError(f"{fold_dir / 'pipeline.json'}: stage {stage} is a {recorded['class']!r}; "
-                                    f"only {cls.__name__} is accepted")  # fmt: skip
-        ckpt_path = fold_dir / "checkpoints" / stage / "best.ckpt"
-        if not ckpt_path.is_file():
-            raise DataContractError(f"{ckpt_path}: checkpoint missing")
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        hparams = dict(ckpt.get("hyper_parameters") or {})
-        differ = {
-            k: (hparams.get(k), v)
-            for k, v in recorded["hparams"].items()
-            if k not in _RUNTIME_HPARAMS and _plain(hparams.get(k)) != _plain(v)
-        }
-        if differ:
-            text = ", ".join(f"{k}={a!r} (run config: {b!r})" for k, (a, b) in sorted(differ.items()))
-            raise DataContractError(f"{ckpt_path} was trained with another model config: {text}")
-        if "pretrained" in hparams:
-            hparams["pretrained"] = None  # the weights come from the checkpoint, never from a path it names
-        module = cls(**hparams)
-        try:
-            load_stage_weights(module, ckpt_path)
-        except ValueError as exc:
-            raise DataContractError(str(exc)) from None
-        modules[stage] = module
-    geometry = {s: PatchGeometry(**g) for s, g in spec["geometry"].items()}
-    return Pipeline(modules["detector"], modules["rootlet"], modules["grade"], geometry["rootlet"],  # type: ignore[arg-type]
-                    batch_size=batch_size or spec["batch_size"], device=device, grade_patch=geometry["grade"])  # fmt: skip
-
-
-def _plain(value: Any) -> Any:
-    """Compare hyperparameters as JSON would store them (tuples and lists alike)."""
-    return json.loads(json.dumps(value, default=str))
-
-
-@dataclass
-class Ensemble:
-    """Several folds' pipelines; boxes and probabilities averaged over them, then level and grade decided."""
-
-    pipelines: list[Pipeline]
-
-    def predict(self, images: list[np.ndarray], pixel_mm: list[float], **kwargs: Any) -> list[Prediction]:
-        """``kwargs``: ``Pipeline.predict``'s ``boxes`` and ``series``, passed to every fold."""
-        if len(self.pipelines) == 1:
-            return self.pipelines[0].predict(images, pixel_mm=pixel_mm, **kwargs)
-        per_fold = [p.predict(images, pixel_mm=pixel_mm, **kwargs) for p in self.pipelines]
-        return [
-            Prediction.decide(
-                np.mean([p.box for p in preds], axis=0),
-                float(np.mean([p.box_score for p in preds])),
-                float(np.mean([p.rootlet_prob for p in preds])),
-                np.mean([p.grade_probs for p in preds], axis=0),
-                np.mean([p.grade_probs_balanced for p in preds], axis=0),
-            )
-            for preds in zip(*per_fold, strict=True)
-        ]
 
 
 def estimated_levels(positions: np.ndarray, segment_mm: float, offset: float = 0.25) -> list[str]:
@@ -190,10 +98,9 @@ def input_folder(cfg: DictConfig) -> Path:
     return source
 
 
-@exit_on_contract_error
-def predict(cfg: DictConfig, out_dir: Path | None = None) -> pd.DataFrame:
-    """Run the pipeline on ``cfg.input``; returns the per-image predictions (also written to ``out_dir``)."""
-    out = Path(cfg.out_dir) if cfg.get("out_dir") else (out_dir or output_dir())
+def predict(cfg: DictConfig, out: Path) -> pd.DataFrame:
+    """Run the pipeline on ``cfg.input``; returns the per-image predictions (also written to ``out``)."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
@@ -273,12 +180,3 @@ def _known_levels(path: str | None) -> dict[str, str]:
     if "frame" in table.columns:
         keys = [f"{u}#{f}" if f else u for u, f in zip(keys, table["frame"], strict=True)]
     return {k: v for k, v in zip(keys, table["vertebral_level"], strict=True) if v}
-
-
-@hydra.main(config_path=CONF_PATH, config_name="predict", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    predict(cfg)
-
-
-if __name__ == "__main__":
-    main()

@@ -10,8 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lumbar_lightning.data.datamodules import LEVEL_INDEX
-from lumbar_lightning.data.labels import GRADES
+from lumbar_lightning.data.labels import GRADES, LEVEL_INDEX
 from lumbar_lightning.data.series import canal_brightness, reference_slices
 from lumbar_lightning.data.transforms import PatchGeometry, resize_image, scale_boxes
 from lumbar_lightning.models.stages import CanalDetector, GradeClassifier, RootletClassifier

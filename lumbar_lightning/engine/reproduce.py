@@ -1,4 +1,4 @@
-"""``lumbar-reproduce`` (``make reproduce FOLD=k``): train one fold again and compare it with the recorded reference.
+"""Reproduction (``lumbar-reproduce``, ``make reproduce FOLD=k``): train one fold again and compare it with the recorded reference.
 
 Pinned numerics (``lumbar_lightning.engine.numerics``) make a fold's numbers a function of the locked
 environment, so the comparison depends on the environment fingerprints:
@@ -22,25 +22,25 @@ they share.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lumbar_lightning.cli import CONF_PATH, exit_on_contract_error, log, output_dir
 from lumbar_lightning.data.errors import DataContractError
+from lumbar_lightning.engine.fold import run_fold
 from lumbar_lightning.engine.numerics import differing_fields, fingerprint
 from lumbar_lightning.io import atomic_write_text
-from lumbar_lightning.runner import run_fold
 
 #: Fields that describe the machine and the environment, not the result (the environment is compared on its own).
 NOT_COMPARED = frozenset({"seconds", "fit_seconds", "environment"})
 ENVIRONMENT_FILE = "environment.json"
 SPREAD_FILE = "spread.json"
+
+log = logging.getLogger("lumbar_lightning")
 
 
 def comparable(tree: Any) -> Any:
@@ -200,14 +200,13 @@ def tolerance_for(reference: Path, rater: str, confidence: float = 0.99) -> dict
     return out
 
 
-@exit_on_contract_error
-def reproduce(cfg: DictConfig) -> list[str]:
+def reproduce(cfg: DictConfig, root: Path) -> list[str]:
     """Train ``data.fold`` for ``data.rater`` and compare; returns the failing differences (empty: reproduced)."""
     fold, rater, reference = int(cfg.data.fold), str(cfg.data.rater), Path(cfg.reference)
     expected = json.loads(reference_file(reference, rater, fold).read_text())
     recorded_env = reference / ENVIRONMENT_FILE
     environment = json.loads(recorded_env.read_text()) if recorded_env.is_file() else {}
-    out = output_dir() / rater / f"fold_{fold}"
+    out = Path(root) / rater / f"fold_{fold}"
     metrics = run_fold(cfg, fold, rater, out)
     changed = differing_fields(environment, metrics.get("environment", fingerprint()))
     actual = json.loads(json.dumps(comparable(metrics), default=float))  # as the recorded JSON holds it
@@ -235,22 +234,3 @@ def reproduce(cfg: DictConfig) -> list[str]:
     else:
         log.info(f"fold {fold} rater {rater}: identical to {reference} ({out / 'metrics.json'})")
     return differences
-
-
-@hydra.main(config_path=CONF_PATH, config_name="reproduce", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    if cfg.get("record"):
-        count = record_reference(Path(cfg.record), Path(cfg.reference))
-        log.info(f"recorded {count} fold(s) of {cfg.record} into {cfg.reference}")
-    elif cfg.get("spread"):
-        spread = record_spread([Path(d) for d in cfg.spread], Path(cfg.reference))
-        n_folds, n_runs = len(spread["folds"]), len(cfg.spread)
-        log.info(
-            f"recorded the spread of {n_folds} fold(s) over {n_runs} runs into {cfg.reference}/{SPREAD_FILE}"
-        )
-    elif reproduce(cfg):
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""``lumbar-cv experiment=X``: every fold for every rater of ``cv.raters``, in one run folder, then the report.
+"""Cross-validation (``lumbar-cv``): every fold for every rater of ``cv.raters``, in one run folder, then the report.
 
 A fold whose ``metrics.json`` exists is skipped, so re-running the same command in the same folder resumes.
 """
@@ -18,16 +18,17 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lumbar_lightning.cli import CONF_PATH, exit_on_contract_error, log, output_dir
+from lumbar_lightning.engine.detector_sharing import consensus_detector, share_detector
+from lumbar_lightning.engine.fold import prepare_data, run_fold
+from lumbar_lightning.engine.objective import fold_line
 from lumbar_lightning.evaluation.report import write_cv_report, write_seeds_report
 from lumbar_lightning.io import atomic_write_text
-from lumbar_lightning.runner import consensus_detector, prepare_data, run_fold, share_detector
-from lumbar_lightning.tracking import wandb_run, wandb_settings
-from lumbar_lightning.train import fold_line
+from lumbar_lightning.tracking.wandb import log_summary_run, wandb_settings
+
+log = logging.getLogger("lumbar_lightning")
 
 
 def fold_dirs(root: Path, raters: list[str], folds: list[int]) -> dict[tuple[str, int], Path]:
@@ -96,15 +97,14 @@ def plan_jobs(cfg: DictConfig, root: Path, raters: list[str], folds: list[int]) 
     return [[run] for rater in raters for k in sorted(todo) for run in todo[k] if run[0] == rater]
 
 
-@exit_on_contract_error
-def cross_validate(cfg: DictConfig, root: Path | None = None) -> dict[str, Any]:
+def cross_validate(cfg: DictConfig, root: Path) -> dict[str, Any]:
     """Run every (rater, fold) not done yet, ``cv.workers`` jobs at a time, then write the report.
 
     ``seeds=[0,1,2]``: the whole cross-validation once per seed (``seed_<s>/``, each a run folder of its own,
     resumable alike), then ``seeds_summary.json`` and ``seeds_report.md``: every pair as mean and spread over
     seeds, since one draw cannot tell 91.5 from 91.8.
     """
-    root = Path(root) if root else output_dir()
+    root = Path(root)
     if cfg.get("seeds"):
         per_seed = {}
         for seed in cfg.seeds:
@@ -179,66 +179,3 @@ def cross_validate(cfg: DictConfig, root: Path | None = None) -> dict[str, Any]:
     if wandb_settings(cfg) is not None:
         log.info(f"W&B offline runs: {root / 'logs' / 'wandb'} (upload later with `wandb sync`)")
     return summary
-
-
-def log_summary_run(cfg: DictConfig, root: Path, summary: dict[str, Any]) -> None:
-    """The cross-validation summary as its own W&B run in the group: study tables, scalars, figures."""
-    with wandb_run(cfg, "cv-summary", root / "logs", job_type="cv-summary") as run:
-        if run is None:
-            return
-        import wandb
-
-        columns = [
-            "pair",
-            "n",
-            "accuracy",
-            "ci_low",
-            "ci_high",
-            "f1_macro",
-            "kappa",
-            "kappa_quadratic",
-            "ttest_p",
-            "gross_errors",
-            "recall_C",
-            "recall_D",
-        ]
-        for task in ("rootlet", "grade"):
-            rows = [
-                [
-                    pair,
-                    r["n"],
-                    r["accuracy"],
-                    *r["accuracy_ci95"],
-                    r["f1_macro"],
-                    r["kappa"],
-                    r["kappa_quadratic"],
-                    r["ttest"]["p"],
-                    r.get("gross_errors"),
-                    r.get("recall_per_class", {}).get("C"),
-                    r.get("recall_per_class", {}).get("D"),
-                ]
-                for pair, r in summary[task].items()
-            ]
-            run.log({f"study/{task}": wandb.Table(columns=columns, data=rows)})
-            run.log(
-                {f"figures/confusion_{task}": wandb.Image(str(root / "figures" / f"confusion_{task}.png"))}
-            )
-            run.summary.update(
-                {f"{task}/{pair}/accuracy": r["accuracy"] for pair, r in summary[task].items()}
-            )
-        for pair, r in summary["grade"].items():  # the headline beside accuracy, and the unforgivable errors
-            run.summary.update(
-                {
-                    f"grade/{pair}/kappa_quadratic": r["kappa_quadratic"],
-                    f"grade/{pair}/gross_errors": r["gross_errors"],
-                }
-            )
-
-
-@hydra.main(config_path=CONF_PATH, config_name="cv", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    cross_validate(cfg)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,19 @@
+"""``lumbar-evaluate run_dir=CV_RUN data_dir=OTHER``: a finished CV run's fold ensembles on another labelled data set."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from lumbar_lightning.cli import CONF_PATH, exit_on_contract_error, output_dir
+from lumbar_lightning.evaluation.external import evaluate
+
+
+@hydra.main(config_path=CONF_PATH, config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    with exit_on_contract_error():
+        evaluate(cfg, output_dir())
+
+
+if __name__ == "__main__":
+    main()

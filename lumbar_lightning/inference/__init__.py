@@ -1,0 +1,1 @@
+"""Inference: the paper's chained ``Pipeline``, the fold ensemble that serves a finished run, and ``predict``."""

@@ -1,0 +1,111 @@
+"""A finished run's folds as one classifier: each fold's pipeline rebuilt from plain data, and their mean.
+
+Models are rebuilt from a fixed list of classes and the checkpoints' plain hyperparameters, loaded with
+``weights_only=True``: nothing from the run folder is imported or executed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lumbar_lightning.data.errors import DataContractError
+from lumbar_lightning.data.transforms import PatchGeometry
+from lumbar_lightning.inference.pipeline import Pipeline, Prediction, load_stage_weights
+from lumbar_lightning.models.stages import CanalDetector, GradeClassifier, RootletClassifier, StageModule
+
+#: The only classes a run folder may name.
+STAGE_CLASSES: dict[str, type[StageModule]] = {
+    "detector": CanalDetector,
+    "rootlet": RootletClassifier,
+    "grade": GradeClassifier,
+}
+
+
+#: Hyperparameters that a checkpoint may legitimately hold differently from the run's record of its config.
+_RUNTIME_HPARAMS = {"class_prior", "pretrained"}
+
+
+def fold_dirs(run_dir: Path, rater: str, fold: int | None) -> list[Path]:
+    """A fold folder itself, or the fold folders of a ``lumbar-cv``/``lumbar-train`` run folder for ``rater``."""
+    run_dir = Path(run_dir)
+    if (run_dir / "pipeline.json").is_file():
+        return [run_dir]
+    found = sorted(
+        run_dir.glob(f"{rater}/fold_*/pipeline.json"), key=lambda p: int(p.parent.name.split("_")[1])
+    )
+    dirs = [p.parent for p in found if fold is None or p.parent.name == f"fold_{fold}"]
+    if not dirs:
+        what = f"fold {fold} of rater {rater}" if fold is not None else f"any fold of rater {rater}"
+        raise DataContractError(
+            f"{run_dir}: no trained {what} (a fold folder holds pipeline.json and checkpoints/)"
+        )
+    return dirs
+
+
+def load_fold_pipeline(fold_dir: Path, device: str = "cpu", batch_size: int | None = None) -> Pipeline:
+    """The three stages of one trained fold, from ``pipeline.json`` and the best checkpoints."""
+    spec = json.loads((fold_dir / "pipeline.json").read_text())
+    modules: dict[str, StageModule] = {}
+    for stage, cls in STAGE_CLASSES.items():
+        recorded = spec["stages"][stage]
+        if recorded["class"] != cls.__name__:
+            raise DataContractError(f"{fold_dir / 'pipeline.json'}: stage {stage} is a {recorded['class']!r}; "
+                                    f"only {cls.__name__} is accepted")  # fmt: skip
+        ckpt_path = fold_dir / "checkpoints" / stage / "best.ckpt"
+        if not ckpt_path.is_file():
+            raise DataContractError(f"{ckpt_path}: checkpoint missing")
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        hparams = dict(ckpt.get("hyper_parameters") or {})
+        differ = {
+            k: (hparams.get(k), v)
+            for k, v in recorded["hparams"].items()
+            if k not in _RUNTIME_HPARAMS and _plain(hparams.get(k)) != _plain(v)
+        }
+        if differ:
+            text = ", ".join(f"{k}={a!r} (run config: {b!r})" for k, (a, b) in sorted(differ.items()))
+            raise DataContractError(f"{ckpt_path} was trained with another model config: {text}")
+        if "pretrained" in hparams:
+            hparams["pretrained"] = None  # the weights come from the checkpoint, never from a path it names
+        module = cls(**hparams)
+        try:
+            load_stage_weights(module, ckpt_path)
+        except ValueError as exc:
+            raise DataContractError(str(exc)) from None
+        modules[stage] = module
+    geometry = {s: PatchGeometry(**g) for s, g in spec["geometry"].items()}
+    return Pipeline(modules["detector"], modules["rootlet"], modules["grade"], geometry["rootlet"],  # type: ignore[arg-type]
+                    batch_size=batch_size or spec["batch_size"], device=device, grade_patch=geometry["grade"])  # fmt: skip
+
+
+def _plain(value: Any) -> Any:
+    """Compare hyperparameters as JSON would store them (tuples and lists alike)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+@dataclass
+class Ensemble:
+    """Several folds' pipelines; boxes and probabilities averaged over them, then level and grade decided."""
+
+    pipelines: list[Pipeline]
+
+    def predict(self, images: list[np.ndarray], pixel_mm: list[float], **kwargs: Any) -> list[Prediction]:
+        """``kwargs``: ``Pipeline.predict``'s ``boxes`` and ``series``, passed to every fold."""
+        if len(self.pipelines) == 1:
+            return self.pipelines[0].predict(images, pixel_mm=pixel_mm, **kwargs)
+        per_fold = [p.predict(images, pixel_mm=pixel_mm, **kwargs) for p in self.pipelines]
+        return [
+            Prediction.decide(
+                np.mean([p.box for p in preds], axis=0),
+                float(np.mean([p.box_score for p in preds])),
+                float(np.mean([p.rootlet_prob for p in preds])),
+                np.mean([p.grade_probs for p in preds], axis=0),
+                np.mean([p.grade_probs_balanced for p in preds], axis=0),
+            )
+            for preds in zip(*per_fold, strict=True)
+        ]
