@@ -81,14 +81,22 @@ def tiny_phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 #: Overrides for a CV/training run that takes seconds on the tiny phantom (shape checks, not accuracy).
 TINY_CV = [
-    "data.num_folds=4", "data.patch.size=24", "model.detector.module.image_size=96",
-    "model.rootlet.module.width=0.125", "model.grade.module.width=0.125",
-    "model.detector.trainer.max_epochs=1", "+model.detector.trainer.limit_train_batches=2",
-    "model.rootlet.trainer.max_epochs=1", "model.grade.trainer.max_epochs=1",
-    "model.rootlet.samples_per_epoch=64", "model.grade.samples_per_epoch=64",
-    "model.baseline.trainer.max_epochs=1", "model.baseline.samples_per_epoch=64",
-    "trainer.enable_progress_bar=false", "experiment_name=tinycv",
-]  # fmt: skip
+    "data.num_folds=4",
+    "data.patch.size=24",
+    "model.detector.module.image_size=96",
+    "model.rootlet.module.width=0.125",
+    "model.grade.module.width=0.125",
+    "model.detector.trainer.max_epochs=1",
+    "+model.detector.trainer.limit_train_batches=2",
+    "model.rootlet.trainer.max_epochs=1",
+    "model.grade.trainer.max_epochs=1",
+    "model.rootlet.samples_per_epoch=64",
+    "model.grade.samples_per_epoch=64",
+    "model.baseline.trainer.max_epochs=1",
+    "model.baseline.samples_per_epoch=64",
+    "trainer.enable_progress_bar=false",
+    "experiment_name=tinycv",
+]
 
 
 @pytest.fixture(scope="session")

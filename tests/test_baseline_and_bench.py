@@ -40,9 +40,18 @@ def test_bench_smoke_reports_every_section_as_numbers() -> None:
             for what in ("train_images_per_s", "gflop_per_image", "efficiency"):
                 assert out[f"{preset}/{stage}/{what}"] > 0, (preset, stage, what)
     assert out["paper/grade/gflop_per_image"] > 10 * out["demo/grade/gflop_per_image"]  # width 1 vs 1/8
-    keys = ("gemm_fp32_gflop_per_s", "overhead/fit_over_plain", "data/loader_images_per_s", "data/cached_over_naive", "data/naive_dcmread_images_per_s",
-            "phantom/slices_per_s", "ingest/first_pass_images_per_s", "ingest/cached_images_per_s",
-            "inference/demo/seconds_per_study", "inference/peak_rss_mb")  # fmt: skip
+    keys = (
+        "gemm_fp32_gflop_per_s",
+        "overhead/fit_over_plain",
+        "data/loader_images_per_s",
+        "data/cached_over_naive",
+        "data/naive_dcmread_images_per_s",
+        "phantom/slices_per_s",
+        "ingest/first_pass_images_per_s",
+        "ingest/cached_images_per_s",
+        "inference/demo/seconds_per_study",
+        "inference/peak_rss_mb",
+    )
     for key in keys:
         assert out[key] > 0, key
     assert out["overhead/ratio_spread"] >= 0
@@ -55,8 +64,11 @@ def test_bench_smoke_reports_every_section_as_numbers() -> None:
     assert set(out["targets"]) == set(TARGETS)
     for key, target in out["targets"].items():
         if target["value"] is not None:
-            assert target["met"] == (target["value"] >= TARGETS[key][1] if TARGETS[key][0] == ">=" else
-                                     target["value"] <= TARGETS[key][1])  # fmt: skip
+            assert target["met"] == (
+                target["value"] >= TARGETS[key][1]
+                if TARGETS[key][0] == ">="
+                else target["value"] <= TARGETS[key][1]
+            )
     block = markdown_block(out)
     assert block.startswith("<!-- results:begin -->") and all(f"| {k} |" in block for k in TARGETS)
 

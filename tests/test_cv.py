@@ -21,8 +21,16 @@ from lumbar_lightning.evaluation.study import load_cv_predictions, task_set
 def tiny_cv(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cv")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="cv", overrides=[f"data.data_dir={tiny_phantom}", "logger=wandb", "cv.workers=2",
-                                                   "threads=1", *TINY_CV])  # fmt: skip
+        cfg = compose(
+            config_name="cv",
+            overrides=[
+                f"data.data_dir={tiny_phantom}",
+                "logger=wandb",
+                "cv.workers=2",
+                "threads=1",
+                *TINY_CV,
+            ],
+        )
     cross_validate(cfg, root=root)
     return root
 
@@ -89,8 +97,13 @@ def test_wandb_runs_are_recorded_without_console_output(tmp_path: Path) -> None:
         f" Path({str(tmp_path / 'cv' / 'logs')!r}))\n"
         "fit.loggers[0].log_metrics({'c': 3.0}); finish_active_run()\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "WANDB_MODE": "offline"})  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "WANDB_MODE": "offline"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     # No banner or summary footer. Lightning's WandbLogger always passes `anonymous`, which wandb 0.31 warns about
     # once per process: that line is the only one left.
@@ -173,12 +186,21 @@ def test_compare_two_runs(tiny_cv: Path, tiny_phantom: Path, tmp_path: Path) -> 
     import sys
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="cv", overrides=[f"data.data_dir={tiny_phantom}", "logger=none", "cv.raters=[A2]",
-                                                   "seed=3", *TINY_CV])  # fmt: skip
+        cfg = compose(
+            config_name="cv",
+            overrides=[f"data.data_dir={tiny_phantom}", "logger=none", "cv.raters=[A2]", "seed=3", *TINY_CV],
+        )
     cross_validate(cfg, root=tmp_path / "b")
     out = tmp_path / "cmp"
-    cmd = [sys.executable, "-m", "lumbar_lightning.cli.compare", f"run_a={tiny_cv}", f"run_b={tmp_path / 'b'}",
-           f"out_dir={out}", f"hydra.run.dir={tmp_path / 'h'}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "lumbar_lightning.cli.compare",
+        f"run_a={tiny_cv}",
+        f"run_b={tmp_path / 'b'}",
+        f"out_dir={out}",
+        f"hydra.run.dir={tmp_path / 'h'}",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     comparison = json.loads((out / "comparison.json").read_text())
@@ -194,8 +216,19 @@ def test_compare_two_runs(tiny_cv: Path, tiny_phantom: Path, tmp_path: Path) -> 
     assert "A1-C1@a" in comparison["grade"]["agreement"] and own["A1-C1"]["n"] <= len(frame)
     md = (out / "comparison.md").read_text()
     assert "McNemar" in md and (out / "comparison_grade.png").exists()
-    bad = subprocess.run([sys.executable, "-m", "lumbar_lightning.cli.compare", f"run_a={tiny_cv}", f"run_b={tmp_path}",
-                          f"hydra.run.dir={tmp_path / 'h2'}"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lumbar_lightning.cli.compare",
+            f"run_a={tiny_cv}",
+            f"run_b={tmp_path}",
+            f"hydra.run.dir={tmp_path / 'h2'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
 
 
@@ -209,8 +242,19 @@ def test_a_multirun_over_folds_reproduces_the_cv_folds(
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "lumbar_lightning.cli.train", "-m", f"data.data_dir={tiny_phantom}", "logger=csv",
-           "data.fold=1,2", "data.rater=A2", "threads=1", f"hydra.sweep.dir={tmp_path}", *TINY_CV]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "lumbar_lightning.cli.train",
+        "-m",
+        f"data.data_dir={tiny_phantom}",
+        "logger=csv",
+        "data.fold=1,2",
+        "data.rater=A2",
+        "threads=1",
+        f"hydra.sweep.dir={tmp_path}",
+        *TINY_CV,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     for job, fold in ((0, 1), (1, 2)):
@@ -260,8 +304,9 @@ def test_cv_workers_keep_lightning_notices_out_of_the_fold_lines(tmp_path: Path)
         "quiet_lightning(); L.Trainer(logger=False, enable_checkpointing=False); rank_zero_info('an info notice')\n"
         "rank_zero_warn('a real warning')\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                            cwd=tmp_path)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout + result.stderr
     assert "GPU available" not in out and "an info notice" not in out and "Tip:" not in out
@@ -289,8 +334,17 @@ def test_killing_lumbar_cv_ends_its_workers(tiny_phantom: Path, tmp_path: Path) 
     import sys
     import time
 
-    cmd = [sys.executable, "-m", "lumbar_lightning.cli.cv", f"data.data_dir={tiny_phantom}", "logger=none",
-           "cv.workers=2", "threads=1", *TINY_CV, f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "lumbar_lightning.cli.cv",
+        f"data.data_dir={tiny_phantom}",
+        "logger=none",
+        "cv.workers=2",
+        "threads=1",
+        *TINY_CV,
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     parent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -325,8 +379,17 @@ def _alive(pid: int) -> bool:
 
 def test_seeds_run_the_cv_once_per_seed_and_report_the_spread(tiny_phantom: Path, tmp_path: Path) -> None:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="cv", overrides=[f"data_dir={tiny_phantom}", "logger=none", "threads=1",
-                                                   "seeds=[0,1]", "cv.folds=[0]", *TINY_CV])  # fmt: skip
+        cfg = compose(
+            config_name="cv",
+            overrides=[
+                f"data_dir={tiny_phantom}",
+                "logger=none",
+                "threads=1",
+                "seeds=[0,1]",
+                "cv.folds=[0]",
+                *TINY_CV,
+            ],
+        )
     summary = cross_validate(cfg, root=tmp_path)
     per_seed = {s: json.loads((tmp_path / f"seed_{s}" / "cv_summary.json").read_text()) for s in (0, 1)}
     row = summary["grade"]["A1-C1"]["accuracy"]

@@ -35,15 +35,34 @@ class StepCount(L.Callback):
 
 def _fit_rootlet(data_dir: Path, out: Path, **trainer_kwargs: Any) -> tuple[dict[str, Any], list[int]]:
     L.seed_everything(0, workers=True, verbose=False)
-    dm = PatchDataModule(task="rootlet", patch=PatchGeometry(48), data_dir=str(data_dir), num_folds=4,
-                         batch_size=32, eval_batch_size=64, samples_per_epoch=384, augment={"enabled": False})  # fmt: skip
+    dm = PatchDataModule(
+        task="rootlet",
+        patch=PatchGeometry(48),
+        data_dir=str(data_dir),
+        num_folds=4,
+        batch_size=32,
+        eval_batch_size=64,
+        samples_per_epoch=384,
+        augment={"enabled": False},
+    )
     dm.setup()
     module = RootletClassifier(width=0.125, optimizer=partial(torch.optim.Adam, lr=3e-3), scheduler=False)
-    common = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                  deterministic=True)  # fmt: skip
+    common = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+    )
     out.mkdir()
-    trainer = L.Trainer(max_epochs=12, enable_checkpointing=False, num_sanity_val_steps=0, callbacks=[StepCount(out)],
-                        **common, **trainer_kwargs)  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=12,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        callbacks=[StepCount(out)],
+        **common,
+        **trainer_kwargs,
+    )
     trainer.fit(module, datamodule=dm)
     L.Trainer(devices=1, **common).test(module, datamodule=dm, verbose=False)
     metrics = dict(module.last_metrics["test"])
@@ -75,8 +94,16 @@ def test_lumbar_train_with_ddp_sim_writes_one_fold(tiny_phantom: Path, tmp_path:
     from conftest import TINY_CV
     from wandb_offline import offline_runs
 
-    cmd = [sys.executable, "-m", "lumbar_lightning.cli.train", f"data.data_dir={tiny_phantom}", "trainer=ddp_sim",
-           "logger=many", f"hydra.run.dir={tmp_path}", *TINY_CV]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "lumbar_lightning.cli.train",
+        f"data.data_dir={tiny_phantom}",
+        "trainer=ddp_sim",
+        "logger=many",
+        f"hydra.run.dir={tmp_path}",
+        *TINY_CV,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [p.name for p in tmp_path.glob("*/fold_*")] == ["fold_0"]

@@ -52,8 +52,15 @@ def test_train_takes_data_dir(tiny_phantom: Path, tmp_path: Path) -> None:
 
 def test_synth_takes_data_dir(tmp_path: Path) -> None:
     out = tmp_path / "cohort"
-    _run("lumbar-synth", f"data_dir={out}", "n_patients=2", "seed=4", "phantom.image_size=96", "workers=1",
-         f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    _run(
+        "lumbar-synth",
+        f"data_dir={out}",
+        "n_patients=2",
+        "seed=4",
+        "phantom.image_size=96",
+        "workers=1",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     labels = pd.read_csv(out / "labels.csv")
     assert set(labels["analyzer"]) == {"A1", "A2"} and len(list((out / "dicom").rglob("*.dcm"))) > 10
 
@@ -65,22 +72,42 @@ def test_ingest_takes_data_dir(tiny_dataset: Path, tmp_path: Path) -> None:
 
 def test_predict_takes_data_dir(tiny_run: Path, tiny_phantom: Path, tmp_path: Path) -> None:
     out = tmp_path / "graded"
-    _run("lumbar-predict", f"run_dir={tiny_run}", f"data_dir={tiny_phantom}", f"out_dir={out}", "overlays=false",
-         "progress=false", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    _run(
+        "lumbar-predict",
+        f"run_dir={tiny_run}",
+        f"data_dir={tiny_phantom}",
+        f"out_dir={out}",
+        "overlays=false",
+        "progress=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     preds = pd.read_csv(out / "predictions.csv", keep_default_na=False)
     assert len(preds) == len(pd.read_csv(tiny_phantom / "truth.csv"))  # every slice of the data set's dicom/
 
 
 def test_predict_without_input_or_data_dir_says_so(tiny_run: Path, tmp_path: Path) -> None:
-    result = subprocess.run([str(BIN / "lumbar-predict"), f"run_dir={tiny_run}", f"hydra.run.dir={tmp_path}"],
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [str(BIN / "lumbar-predict"), f"run_dir={tiny_run}", f"hydra.run.dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2 and "give input=DICOM_FOLDER or data_dir=DATASET" in result.stderr
 
 
 # ---------------------------------------------------------------------------------------------------------- debug=
 def _cv(data: Path, run: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
-    return _run("lumbar-cv", f"data_dir={data}", "logger=none", "cv.folds=[0]", "cv.workers=1", "threads=1",
-                f"hydra.run.dir={run}", *TINY_CV, *overrides)  # fmt: skip
+    return _run(
+        "lumbar-cv",
+        f"data_dir={data}",
+        "logger=none",
+        "cv.folds=[0]",
+        "cv.workers=1",
+        "threads=1",
+        f"hydra.run.dir={run}",
+        *TINY_CV,
+        *overrides,
+    )
 
 
 def _ckpt_epochs(fold: Path, stage: str) -> int:
@@ -136,8 +163,23 @@ def test_wheel_carries_the_configs(tiny_phantom: Path, tmp_path: Path) -> None:
     """Build the wheel, install it (no dependencies: they come from this environment) into a clean virtual
     environment that cannot see the checkout, and run an entry point from there."""
     repo = Path(__file__).resolve().parent.parent
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path / "dist"), str(repo)], check=True, capture_output=True, timeout=300)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(repo),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     wheel = next((tmp_path / "dist").glob("lumbar_lightning-*.whl"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
@@ -146,16 +188,37 @@ def test_wheel_carries_the_configs(tiny_phantom: Path, tmp_path: Path) -> None:
     (site / "deps.pth").write_text(
         "\n".join(deps) + "\n"
     )  # path lines only: the editable install's hook stays out
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
-                   check=True, capture_output=True, timeout=300)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     shutil.copytree(tiny_phantom, tmp_path / "data")
-    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import lumbar_lightning; print(lumbar_lightning.__file__)"],
-                           capture_output=True, text=True, cwd=tmp_path, check=True)  # fmt: skip
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import lumbar_lightning; print(lumbar_lightning.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+    )
     assert where.stdout.strip().startswith(str(site)), where.stdout
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([str(venv / "bin" / "python"), "-m", "lumbar_lightning.cli.ingest", "data_dir=data",
-                             "hydra.run.dir=run", "num_folds=4"], capture_output=True, text=True, cwd=tmp_path,
-                            env=env, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "lumbar_lightning.cli.ingest",
+            "data_dir=data",
+            "hydra.run.dir=run",
+            "num_folds=4",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "run" / "ingest_report.json").read_text())["patients"] == 8
     assert (site / "lumbar_lightning" / "conf" / "experiment" / "demo.yaml").is_file()

@@ -29,8 +29,15 @@ def test_external_validation_writes_the_study_tables(
     tiny_run: Path, other_cohort: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "eval"
-    cmd = [sys.executable, "-m", "lumbar_lightning.cli.evaluate", f"run_dir={tiny_run}", f"data_dir={other_cohort}",
-           "logger=none", f"hydra.run.dir={out}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "lumbar_lightning.cli.evaluate",
+        f"run_dir={tiny_run}",
+        f"data_dir={other_cohort}",
+        "logger=none",
+        f"hydra.run.dir={out}",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     preds = pd.read_csv(out / "A1" / "fold_external" / "predictions.csv", keep_default_na=False)
@@ -54,7 +61,14 @@ def test_external_validation_writes_the_study_tables(
 
 
 def test_a_folder_without_trained_folds_is_refused(other_cohort: Path, tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "lumbar_lightning.cli.evaluate", f"run_dir={tmp_path}", f"data_dir={other_cohort}",
-           "logger=none", f"hydra.run.dir={tmp_path / 'eval'}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "lumbar_lightning.cli.evaluate",
+        f"run_dir={tmp_path}",
+        f"data_dir={other_cohort}",
+        "logger=none",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "no trained fold" in result.stderr

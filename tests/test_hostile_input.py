@@ -31,9 +31,16 @@ CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 
 
 def _series(name: str, **kw: object) -> SeriesInfo:
-    base = dict(patient_id="PAT1", study_uid=deterministic_uid("study"), series_uid=deterministic_uid("series", name),
-                frame_of_reference_uid=deterministic_uid("for"), pixel_spacing=0.7, slice_thickness=4.0,
-                spacing_between_slices=4.4, series_description=name)  # fmt: skip
+    base = dict(
+        patient_id="PAT1",
+        study_uid=deterministic_uid("study"),
+        series_uid=deterministic_uid("series", name),
+        frame_of_reference_uid=deterministic_uid("for"),
+        pixel_spacing=0.7,
+        slice_thickness=4.0,
+        spacing_between_slices=4.4,
+        series_description=name,
+    )
     return SeriesInfo(**{**base, **kw})  # type: ignore[arg-type]
 
 
@@ -66,8 +73,14 @@ def _study_with_many_series(root: Path) -> dict[str, list[str]]:
             uid = deterministic_uid("sop", name, i)
             uids[name].append(uid)
             k = scramble[i % 5]
-            write_mr_slice(root / "dicom" / name / f"IM{k:03d}.dcm", _pixels(i), series, uid, 10 - k,
-                           (0.0, 0.0, -4.4 * i))  # fmt: skip
+            write_mr_slice(
+                root / "dicom" / name / f"IM{k:03d}.dcm",
+                _pixels(i),
+                series,
+                uid,
+                10 - k,
+                (0.0, 0.0, -4.4 * i),
+            )
     return uids
 
 
@@ -92,8 +105,11 @@ def test_the_axial_t2_series_is_chosen_and_every_other_series_says_why(tmp_path:
 def test_axial_blocks_exported_as_separate_series_are_kept_together(tmp_path: Path) -> None:
     """Angled blocks (one per disc) written as separate series with one description: all of them are used."""
     uids = _study_with_many_series(tmp_path)
-    block = _series("t2_tse_tra", series_uid=deterministic_uid("series", "block2"),
-                    orientation=(1.0, 0.0, 0.0, 0.0, 0.97, -0.24))  # tilted 14 degrees  # fmt: skip
+    block = _series(
+        "t2_tse_tra",
+        series_uid=deterministic_uid("series", "block2"),
+        orientation=(1.0, 0.0, 0.0, 0.0, 0.97, -0.24),
+    )  # tilted 14 degrees
     extra = [deterministic_uid("sop", "block2", i) for i in range(3)]
     for i, uid in enumerate(extra):
         write_mr_slice(
@@ -125,8 +141,13 @@ def test_a_study_with_no_axial_series_is_a_clear_error(tmp_path: Path) -> None:
 def test_enhanced_multiframe_frames_are_images_addressed_by_frame(tmp_path: Path) -> None:
     frames = np.stack([_pixels(i) for i in range(4)])
     uid = deterministic_uid("enhanced")
-    write_enhanced_mr(tmp_path / "dicom" / "enh.dcm", frames, _series("t2_tse_tra"), uid,
-                      [(0.0, 0.0, -4.4 * i) for i in range(4)])  # fmt: skip
+    write_enhanced_mr(
+        tmp_path / "dicom" / "enh.dcm",
+        frames,
+        _series("t2_tse_tra"),
+        uid,
+        [(0.0, 0.0, -4.4 * i) for i in range(4)],
+    )
     rows = [["A1", uid, 8, 8, 20, 20, "rootlet", "A", "", f] for f in (1, 3)]
     rows.append(["A1", uid, 8, 8, 20, 20, "rootlet", "A", "", 9])  # no such frame
     _write_labels(tmp_path, rows, [*LABEL_HEADER, "frame"])
@@ -287,8 +308,9 @@ LABEL_FIELD = st.one_of(
 
 @settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(st.lists(LABEL_FIELD, min_size=0, max_size=11), max_size=6), keep_uid=st.booleans())
-def test_mutated_label_rows_are_accepted_or_rejected_with_a_line(tmp_path: Path, rows: list[list[str]],
-                                                                 keep_uid: bool) -> None:  # fmt: skip
+def test_mutated_label_rows_are_accepted_or_rejected_with_a_line(
+    tmp_path: Path, rows: list[list[str]], keep_uid: bool
+) -> None:
     uid = "1.2.3.4"
     if keep_uid:
         rows = [[r[0] if r else "A1", uid, *r[2:]] for r in rows]

@@ -54,8 +54,9 @@ def _overfit(module: L.LightningModule, batch: dict, steps: int) -> tuple[float,
 @pytest.mark.parametrize(("task", "cls"), [("rootlet", RootletClassifier), ("grade", GradeClassifier)])
 def test_classifiers_learn_and_report_metrics(tiny_phantom: Path, task: str, cls: type) -> None:
     L.seed_everything(0)
-    dm = PatchDataModule(task=task, patch=PatchGeometry(32), data_dir=str(tiny_phantom), augment={"enabled": False},
-                         **DM)  # fmt: skip
+    dm = PatchDataModule(
+        task=task, patch=PatchGeometry(32), data_dir=str(tiny_phantom), augment={"enabled": False}, **DM
+    )
     dm.setup()
     module = cls(width=0.125, optimizer=adam(3e-3), scheduler=False)
     module.log = lambda *a, **k: None  # outside a Trainer
@@ -64,8 +65,14 @@ def test_classifiers_learn_and_report_metrics(tiny_phantom: Path, task: str, cls
     assert last < 0.5 * first, (first, last)
     # A short fit through a real Trainer computes every metric on the validation split.
     module = cls(width=0.125, optimizer=adam(3e-3), scheduler=False)
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=3, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, datamodule=dm)
     val = module.last_metrics["val"]
     assert 0.0 <= val["val/acc"] <= 1.0 and 0.0 <= val["val/f1"] <= 1.0
@@ -84,8 +91,15 @@ def test_detector_learns_and_reports_map_iou_and_detection_rate(tiny_phantom: Pa
     batch = next(iter(dm.train_dataloader()))
     first, last = _overfit(module, batch, 25)
     assert last < 0.6 * first, (first, last)
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=2, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, datamodule=dm)
     val = module.last_metrics["val"]
     assert set(val) == {"val/map_50", "val/map", "val/iou", "val/acc"}

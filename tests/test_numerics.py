@@ -31,8 +31,14 @@ def _has_avx512() -> bool:
 def _layers(tmp_path: Path, **env: str) -> dict[str, str]:
     clean = {k: v for k, v in os.environ.items() if k not in PINNED_ENV}
     out = tmp_path / f"numerics-{len(list(tmp_path.glob('numerics-*.json')))}.json"  # one file per call
-    result = subprocess.run([sys.executable, "-m", "lumbar_lightning.cli.numerics", f"out={out}"], capture_output=True,
-                            text=True, timeout=300, env={**clean, **env}, cwd=tmp_path)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "lumbar_lightning.cli.numerics", f"out={out}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**clean, **env},
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(out.read_text())
 
@@ -65,10 +71,14 @@ def test_native_numerics_on_avx512_differ_from_the_first_layer(tmp_path: Path) -
 
 
 def test_differing_fields_names_each_part() -> None:
-    a = {"numerics": {"mode": "pinned", "packages": {"torch": "2.14.1", "numpy": "2.4.6"}, "threads": 1},
-         "machine": {"cpu_model": "X"}}  # fmt: skip
-    b = {"numerics": {"mode": "pinned", "packages": {"torch": "2.14.1", "numpy": "2.5.0"}, "threads": 2},
-         "machine": {"cpu_model": "Y"}}  # fmt: skip
+    a = {
+        "numerics": {"mode": "pinned", "packages": {"torch": "2.14.1", "numpy": "2.4.6"}, "threads": 1},
+        "machine": {"cpu_model": "X"},
+    }
+    b = {
+        "numerics": {"mode": "pinned", "packages": {"torch": "2.14.1", "numpy": "2.5.0"}, "threads": 2},
+        "machine": {"cpu_model": "Y"},
+    }
     assert differing_fields(a, b) == ["packages/numpy", "threads"]
     assert differing_fields(a, a) == []
 

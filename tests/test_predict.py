@@ -101,8 +101,14 @@ def test_known_levels_are_used_and_an_ensemble_of_equal_folds_equals_one(
     run = tmp_path / "run"
     shutil.copytree(tiny_run / "A1" / "fold_0", run / "A1" / "fold_0")
     shutil.copytree(tiny_run / "A1" / "fold_0", run / "A1" / "fold_3")  # two folds with identical weights
-    result = _predict(f"run_dir={run}", f"input={prediction['source']}", f"out_dir={tmp_path / 'out'}",
-                      f"levels={tiny_phantom / 'labels.csv'}", "overlays=false", f"hydra.run.dir={tmp_path / 'h'}")  # fmt: skip
+    result = _predict(
+        f"run_dir={run}",
+        f"input={prediction['source']}",
+        f"out_dir={tmp_path / 'out'}",
+        f"levels={tiny_phantom / 'labels.csv'}",
+        "overlays=false",
+        f"hydra.run.dir={tmp_path / 'h'}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 fold(s) of rater A1: fold_0, fold_3" in result.stdout + result.stderr
     single = pd.read_csv(prediction["out"] / "predictions.csv", keep_default_na=False)
@@ -125,8 +131,12 @@ def test_a_checkpoint_from_another_model_config_is_refused_clearly(
     spec = json.loads((fold / "pipeline.json").read_text())
     spec["stages"]["grade"]["hparams"]["width"] = 0.25
     (fold / "pipeline.json").write_text(json.dumps(spec))
-    result = _predict(f"run_dir={fold}", f"input={prediction['source']}", f"out_dir={tmp_path / 'o'}",
-                      f"hydra.run.dir={tmp_path / 'h'}")  # fmt: skip
+    result = _predict(
+        f"run_dir={fold}",
+        f"input={prediction['source']}",
+        f"out_dir={tmp_path / 'o'}",
+        f"hydra.run.dir={tmp_path / 'h'}",
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert (
         "grade/best.ckpt was trained with another model config: width=0.125 (run config: 0.25)"

@@ -36,21 +36,55 @@ def leak_workspace(tmp_path_factory: pytest.TempPathFactory) -> dict:
     and lumbar-predict, everything written under one folder."""
     root = tmp_path_factory.mktemp("leak")
     data = root / "data"
-    PhantomCohort.generate(PhantomConfig(n_patients=8, seed=11, image_size=128, pixel_spacing_mm=1.72,
-                                         identifiers=True), data, workers=2)  # fmt: skip
+    PhantomCohort.generate(
+        PhantomConfig(n_patients=8, seed=11, image_size=128, pixel_spacing_mm=1.72, identifiers=True),
+        data,
+        workers=2,
+    )
     secrets = identifiers_in(data / "dicom")
-    ingest = subprocess.run([sys.executable, "-m", "lumbar_lightning.cli.ingest", f"data_dir={data}", "num_folds=4",
-                             f"hydra.run.dir={root / 'ingest'}"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    ingest = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lumbar_lightning.cli.ingest",
+            f"data_dir={data}",
+            "num_folds=4",
+            f"hydra.run.dir={root / 'ingest'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ingest.returncode == 0, ingest.stderr[-2000:]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="cv", overrides=[f"data.data_dir={data}", "logger=many", "cv.folds=[0]",
-                                                   "experiment_name=leak", *TINY_CV])  # fmt: skip
+        cfg = compose(
+            config_name="cv",
+            overrides=[
+                f"data.data_dir={data}",
+                "logger=many",
+                "cv.folds=[0]",
+                "experiment_name=leak",
+                *TINY_CV,
+            ],
+        )
     cross_validate(cfg, root=root / "cv")
     study = root / "incoming" / "study1"  # a study handed over for grading (copied, as a user would)
     shutil.copytree(sorted((data / "dicom").iterdir())[0], study)
-    predict = subprocess.run([sys.executable, "-m", "lumbar_lightning.cli.predict", f"run_dir={root / 'cv'}",
-                              f"input={study.parent}", f"out_dir={root / 'predicted'}", "progress=false",
-                              f"hydra.run.dir={root / 'predict'}"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    predict = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lumbar_lightning.cli.predict",
+            f"run_dir={root / 'cv'}",
+            f"input={study.parent}",
+            f"out_dir={root / 'predicted'}",
+            "progress=false",
+            f"hydra.run.dir={root / 'predict'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert predict.returncode == 0, predict.stderr[-2000:]
     logs = root / "console.log"
     logs.write_text("\n".join(r.stdout + r.stderr for r in (ingest, predict)))
@@ -67,15 +101,20 @@ def test_no_identifier_in_any_file_written(leak_workspace: dict) -> None:
     root, secrets = leak_workspace["root"], leak_workspace["secrets"]
     needles = {s: [s.encode(), s.replace("^", " ").encode()] for s in secrets}
     written = [
-        p for p in root.rglob("*")
+        p
+        for p in root.rglob("*")
         if p.is_file() and not any(p.is_relative_to(i) for i in leak_workspace["inputs"])
-    ]  # fmt: skip
+    ]
     kinds = {p.suffix for p in written}
     # What was searched: caches, reports, predictions, checkpoints, figures, overlays, Hydra logs, W&B runs.
     assert {".npy", ".json", ".csv", ".ckpt", ".png", ".log", ".wandb", ".yaml", ".md"} <= kinds, kinds
     assert any("wandb" in p.parts for p in written) and any(p.parent.name == "overlays" for p in written)
-    leaks = [(str(p.relative_to(root)), s) for p in written for s, forms in needles.items()
-             if any(f in p.read_bytes() for f in forms)]  # fmt: skip
+    leaks = [
+        (str(p.relative_to(root)), s)
+        for p in written
+        for s, forms in needles.items()
+        if any(f in p.read_bytes() for f in forms)
+    ]
     assert leaks == []
 
 

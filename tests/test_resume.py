@@ -22,8 +22,16 @@ LONGER_GRADE = ["model.grade.trainer.max_epochs=6", "model.grade.samples_per_epo
 
 
 def _train_cmd(data: Path, run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "lumbar_lightning.cli.train", f"data.data_dir={data}", "logger=csv",
-            f"hydra.run.dir={run_dir}", *TINY_CV, *LONGER_GRADE]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "lumbar_lightning.cli.train",
+        f"data.data_dir={data}",
+        "logger=csv",
+        f"hydra.run.dir={run_dir}",
+        *TINY_CV,
+        *LONGER_GRADE,
+    ]
 
 
 def _fold(run_dir: Path) -> tuple[dict, pd.DataFrame]:
@@ -40,8 +48,12 @@ def test_killed_mid_stage_then_resumed_equals_uninterrupted(tiny_phantom: Path, 
     )
     assert reference.returncode == 0, reference.stderr[-2000:]
     killed_dir = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(tiny_phantom, killed_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        _train_cmd(tiny_phantom, killed_dir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     grade = killed_dir / "A1" / "fold_0" / "checkpoints" / "grade"
     deadline = time.monotonic() + 300
     while not (grade / "last.ckpt").exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -65,15 +77,18 @@ def test_killed_mid_stage_then_resumed_equals_uninterrupted(tiny_phantom: Path, 
     pd.testing.assert_frame_equal(got_preds, ref_preds)
     assert got_metrics == ref_metrics
     # The fully trained weights too (the best checkpoint may predate the kill): bit for bit.
-    ref_last, got_last = (torch.load(d / "A1" / "fold_0" / "checkpoints" / "grade" / "last.ckpt", weights_only=True)
-                          for d in (tmp_path / "ref", killed_dir))  # fmt: skip
+    ref_last, got_last = (
+        torch.load(d / "A1" / "fold_0" / "checkpoints" / "grade" / "last.ckpt", weights_only=True)
+        for d in (tmp_path / "ref", killed_dir)
+    )
     assert ref_last["epoch"] == got_last["epoch"] == 5
     for name, tensor in ref_last["state_dict"].items():
         assert torch.equal(tensor, got_last["state_dict"][name]), name
 
 
-def test_make_reproduce_finds_no_difference_for_a_recorded_fold(tiny_run: Path, tiny_phantom: Path,
-                                                                tmp_path: Path) -> None:  # fmt: skip
+def test_make_reproduce_finds_no_difference_for_a_recorded_fold(
+    tiny_run: Path, tiny_phantom: Path, tmp_path: Path
+) -> None:
     """`make reproduce` in miniature: record the tiny fold, train it again in another process, diff: empty."""
     from lumbar_lightning.engine.reproduce import record_reference
 
@@ -81,8 +96,17 @@ def test_make_reproduce_finds_no_difference_for_a_recorded_fold(tiny_run: Path, 
     assert record_reference(tiny_run, reference) == 1
     recorded = json.loads((reference / "A1" / "fold_0.json").read_text())
     assert "seconds" not in recorded and "fit_seconds" not in recorded["grade"]["gt_box"]
-    cmd = [sys.executable, "-m", "lumbar_lightning.cli.reproduce", f"data_dir={tiny_phantom}", "logger=none",
-           f"reference={reference}", f"hydra.run.dir={tmp_path / 'again'}", "threads=1", *TINY_CV]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "lumbar_lightning.cli.reproduce",
+        f"data_dir={tiny_phantom}",
+        "logger=none",
+        f"reference={reference}",
+        f"hydra.run.dir={tmp_path / 'again'}",
+        "threads=1",
+        *TINY_CV,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "fold 0 rater A1: identical to" in result.stdout + result.stderr
@@ -99,8 +123,10 @@ def test_any_difference_is_reported_with_its_path() -> None:
         "grade": {"chained": {"accuracy": 0.9, "confusion_matrix": [[3, 1], [1, 1]]}, "seconds": 9.0},
         "x": float("nan"),
     }
-    assert diff_metrics(comparable(a), comparable(b)) == ["grade/chained/confusion_matrix[1][0]: 0 -> 1",
-                                                          "grade/chained/confusion_matrix[1][1]: 2 -> 1"]  # fmt: skip
+    assert diff_metrics(comparable(a), comparable(b)) == [
+        "grade/chained/confusion_matrix[1][0]: 0 -> 1",
+        "grade/chained/confusion_matrix[1][1]: 2 -> 1",
+    ]
     assert diff_metrics(comparable(a), comparable(a)) == []
     assert diff_metrics({"k": 1}, {}) == ["k: 1 -> missing"]
 
@@ -110,14 +136,25 @@ CV_FOLDS = ["cv.folds=[0,1]", *LONGER_GRADE]
 
 
 def _cv_cmd(data: Path, run_dir: Path, workers: int) -> list[str]:
-    return [sys.executable, "-m", "lumbar_lightning.cli.cv", f"data_dir={data}", "logger=csv", f"cv.workers={workers}",
-            f"hydra.run.dir={run_dir}", *TINY_CV, *CV_FOLDS]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "lumbar_lightning.cli.cv",
+        f"data_dir={data}",
+        "logger=csv",
+        f"cv.workers={workers}",
+        f"hydra.run.dir={run_dir}",
+        *TINY_CV,
+        *CV_FOLDS,
+    ]
 
 
 def _cv_results(run_dir: Path) -> tuple[dict, dict]:
     summary = json.loads((run_dir / "cv_summary.json").read_text())
-    folds = {str(p.relative_to(run_dir)): comparable(json.loads(p.read_text()))
-             for p in sorted(run_dir.glob("*/fold_*/metrics.json"))}  # fmt: skip
+    folds = {
+        str(p.relative_to(run_dir)): comparable(json.loads(p.read_text()))
+        for p in sorted(run_dir.glob("*/fold_*/metrics.json"))
+    }
     return comparable(summary), folds
 
 
@@ -129,17 +166,22 @@ def uninterrupted_cv(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactor
     return _cv_results(run)
 
 
-@pytest.mark.parametrize(("workers", "kill_when"), [
-    (2, "A1/fold_*/checkpoints/grade/last.ckpt"),
-    pytest.param(1, "A2/fold_0/checkpoints/rootlet/last.ckpt", marks=pytest.mark.slow),
-])  # fmt: skip
-def test_killed_cv_resumes_to_the_uninterrupted_summary(uninterrupted_cv: tuple[dict, dict], tiny_phantom: Path,
-                                                        tmp_path: Path, workers: int, kill_when: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("workers", "kill_when"),
+    [
+        (2, "A1/fold_*/checkpoints/grade/last.ckpt"),
+        pytest.param(1, "A2/fold_0/checkpoints/rootlet/last.ckpt", marks=pytest.mark.slow),
+    ],
+)
+def test_killed_cv_resumes_to_the_uninterrupted_summary(
+    uninterrupted_cv: tuple[dict, dict], tiny_phantom: Path, tmp_path: Path, workers: int, kill_when: str
+) -> None:
     """`kill -9` of lumbar-cv itself (its workers must die with it, not train on), then the same command again:
     cv_summary.json and every fold's metrics equal an uninterrupted run's."""
     run = tmp_path / "run"
-    proc = subprocess.Popen(_cv_cmd(tiny_phantom, run, workers), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        _cv_cmd(tiny_phantom, run, workers), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 600
     while not list(run.glob(kill_when)) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -149,8 +191,12 @@ def test_killed_cv_resumes_to_the_uninterrupted_summary(uninterrupted_cv: tuple[
     deadline = time.monotonic() + 20
     while any(Path(f"/proc/{c}").exists() for c in children) and time.monotonic() < deadline:
         time.sleep(0.1)
-    zombies_or_alive = [c for c in children if Path(f"/proc/{c}").exists() and "Z" not in
-                        Path(f"/proc/{c}/stat").read_text().rsplit(")", 1)[1].split()[0]]  # fmt: skip
+    zombies_or_alive = [
+        c
+        for c in children
+        if Path(f"/proc/{c}").exists()
+        and "Z" not in Path(f"/proc/{c}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    ]
     assert not zombies_or_alive, "the CV's workers outlived it"
     assert not (run / "cv_summary.json").exists(), "the kill came too late"
     resumed = subprocess.run(_cv_cmd(tiny_phantom, run, workers), capture_output=True, text=True, timeout=900)
@@ -164,8 +210,11 @@ def test_killed_cv_resumes_to_the_uninterrupted_summary(uninterrupted_cv: tuple[
 def test_tolerance_is_the_prediction_interval_of_the_recorded_seeds(tmp_path: Path) -> None:
     from lumbar_lightning.engine.reproduce import SPREAD_FILE, tolerance_for
 
-    values = {"grade/chained/accuracy": [0.90, 0.92, 0.94], "splits/test/images": [40.0, 40.0, 40.0],
-              "grade/chained/confusion_matrix[0][0]": [10.0, 12.0, 11.0]}  # fmt: skip
+    values = {
+        "grade/chained/accuracy": [0.90, 0.92, 0.94],
+        "splits/test/images": [40.0, 40.0, 40.0],
+        "grade/chained/confusion_matrix[0][0]": [10.0, 12.0, 11.0],
+    }
     (tmp_path / SPREAD_FILE).write_text(json.dumps({"values": {"A1": values}}))
     tol = tolerance_for(tmp_path, "A1")
     # t(0.995, 2 dof) = 9.925, sd = 0.02, sqrt(1 + 1/3): a new seed lands there 99% of the time
@@ -206,8 +255,17 @@ def test_reproduce_names_the_changed_environment_and_fails_outside_the_spread(
     (reference / SPREAD_FILE).write_text(json.dumps({"values": {"A1": spread}}))
     fold["grade"]["chained"]["accuracy"] = accuracy + 0.5  # far outside a 0.01 seed-to-seed spread
     (reference / "A1" / "fold_0.json").write_text(json.dumps(fold))
-    cmd = [sys.executable, "-m", "lumbar_lightning.cli.reproduce", f"data_dir={tiny_phantom}", "logger=none",
-           f"reference={reference}", f"hydra.run.dir={tmp_path / 'again'}", "threads=1", *TINY_CV]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "lumbar_lightning.cli.reproduce",
+        f"data_dir={tiny_phantom}",
+        "logger=none",
+        f"reference={reference}",
+        f"hydra.run.dir={tmp_path / 'again'}",
+        "threads=1",
+        *TINY_CV,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     log = result.stdout + result.stderr
     assert result.returncode == 1, log[-3000:]

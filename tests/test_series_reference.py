@@ -59,8 +59,14 @@ def test_scale_box_sets_the_patch_scale() -> None:
 
 @pytest.fixture(scope="module")
 def reference_data(tiny_phantom: Path) -> PatchDataModule:
-    dm = PatchDataModule(task="grade", patch=PatchGeometry(24), data_dir=str(tiny_phantom), num_folds=4,
-                         series_reference=True, batch_size=8)  # fmt: skip
+    dm = PatchDataModule(
+        task="grade",
+        patch=PatchGeometry(24),
+        data_dir=str(tiny_phantom),
+        num_folds=4,
+        series_reference=True,
+        batch_size=8,
+    )
     dm.setup()
     return dm
 
@@ -70,11 +76,16 @@ def test_data_module_pairs_each_patch_with_its_series_reference(reference_data: 
     assert dm.dataset is not None
     series = dm.dataset.images.set_index("sop_instance_uid")["series_instance_uid"]
     labelled = fold_rows(dm.dataset, dm.folds, 0, "A1")["val"]  # type: ignore[arg-type]
-    own = np.stack([
-        dm.dataset.patch(u, tuple(b), dm.geometry, 1.0)
-        for u, b in zip(labelled["sop_instance_uid"], labelled[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float),
-                        strict=True)
-    ])  # fmt: skip
+    own = np.stack(
+        [
+            dm.dataset.patch(u, tuple(b), dm.geometry, 1.0)
+            for u, b in zip(
+                labelled["sop_instance_uid"],
+                labelled[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float),
+                strict=True,
+            )
+        ]
+    )
     labelled = labelled.assign(series=labelled["sop_instance_uid"].map(series), bright=canal_brightness(own))
     brightest = labelled[labelled["level"] == "rootlet"].sort_values("bright").groupby("series").tail(1)
     expected = dict(zip(brightest["series"], brightest["sop_instance_uid"], strict=True))
@@ -126,8 +137,10 @@ def test_pipeline_uses_the_series_reference_of_its_own_rootlet_calls() -> None:
     images[1][:20, :20] = 0.0  # a dark corner: called cord ...
     images[1][30:50, 30:50] += 0.5  # ... although its canal is the brightest of series a
     images[3] = images[3] + 0.4  # the brightest canal of series b
-    boxes = np.array([_box(30, 30, 20), _box(20, 20, 40), _box(30, 30, 24), _box(28, 28, 30), _box(35, 35, 10)],
-                     dtype=np.float32)  # fmt: skip
+    boxes = np.array(
+        [_box(30, 30, 20), _box(20, 20, 40), _box(30, 30, 24), _box(28, 28, 30), _box(35, 35, 10)],
+        dtype=np.float32,
+    )
     rootlet = RootletClassifier(width=0.125)
     rootlet.net = _CornerDark()
     grader = GradeClassifier(width=0.125, series_reference=True)
@@ -159,10 +172,21 @@ def test_a_series_reference_fold_trains_and_lumbar_predict_reproduces_its_test_p
     fold's own chained probabilities (the reference is chosen the same way in both)."""
     run = tmp_path / "run"
     train = subprocess.run(
-        [sys.executable, "-m", "lumbar_lightning.cli.train", f"data.data_dir={tiny_phantom}", "logger=none", *TINY_CV,
-         "model.grade.module.series_reference=true", "model.grade.module.flip_tta=true", f"hydra.run.dir={run}"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "lumbar_lightning.cli.train",
+            f"data.data_dir={tiny_phantom}",
+            "logger=none",
+            *TINY_CV,
+            "model.grade.module.series_reference=true",
+            "model.grade.module.flip_tta=true",
+            f"hydra.run.dir={run}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert train.returncode == 0, train.stderr[-3000:]
     fold = run / "A1" / "fold_0"
     cv_preds = pd.read_csv(fold / "predictions.csv", keep_default_na=False)
@@ -171,10 +195,20 @@ def test_a_series_reference_fold_trains_and_lumbar_predict_reproduces_its_test_p
     source = next(d for d in patient_dirs if pydicom.dcmread(next(d.glob("*.dcm"))).SOPInstanceUID in uids)
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "lumbar_lightning.cli.predict", "progress=false", f"run_dir={fold}", f"input={source}",
-         f"out_dir={out}", f"hydra.run.dir={tmp_path / 'h'}"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "lumbar_lightning.cli.predict",
+            "progress=false",
+            f"run_dir={fold}",
+            f"input={source}",
+            f"out_dir={out}",
+            f"hydra.run.dir={tmp_path / 'h'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     ours = pd.read_csv(out / "predictions.csv", keep_default_na=False).set_index("sop_instance_uid")
     theirs = cv_preds.set_index("sop_instance_uid").loc[ours.index.intersection(cv_preds["sop_instance_uid"])]

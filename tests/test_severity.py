@@ -36,15 +36,26 @@ def test_cv_summary_and_report_carry_them(tmp_path: Path) -> None:
 
     from lumbar_lightning.evaluation.study import pair_table
 
-    frame = pd.DataFrame({
-        "sop_instance_uid": list("abcdef"), "patient": ["p1", "p1", "p2", "p2", "p3", "p3"],
-        "level_A1": ["rootlet"] * 6, "grade_A1": ["A", "B", "C", "D", "D", "A"],
-        "level_C1": ["rootlet"] * 6, "grade_C1": ["A", "B", "A", "B", "D", "D"],
-    })  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "sop_instance_uid": list("abcdef"),
+            "patient": ["p1", "p1", "p2", "p2", "p3", "p3"],
+            "level_A1": ["rootlet"] * 6,
+            "grade_A1": ["A", "B", "C", "D", "D", "A"],
+            "level_C1": ["rootlet"] * 6,
+            "grade_C1": ["A", "B", "A", "B", "D", "D"],
+        }
+    )
     row = pair_table(frame, "grade")["A1-C1"]
     assert row["gross_errors"] == 3 and row["recall_per_class"]["D"] == pytest.approx(0.5)
-    summary = {"rootlet": {}, "grade": {"A1-C1": row}, "grade_distribution": {}, "per_level": {"rootlet": {}, "grade": {}},
-               "paper": {"grade_distribution": {}}, "per_fold": {}}  # fmt: skip
+    summary = {
+        "rootlet": {},
+        "grade": {"A1-C1": row},
+        "grade_distribution": {},
+        "per_level": {"rootlet": {}, "grade": {}},
+        "paper": {"grade_distribution": {}},
+        "per_fold": {},
+    }
     report = render_report(json.loads(json.dumps(summary, default=float)))
     assert "| A1-C1 | 3 | 50.0 | 50.0 | 100.0 | 0.0 | 50.0 |" in report
 

@@ -16,8 +16,15 @@ from wandb_offline import read_run
 from lumbar_lightning.conf import CONF_DIR
 
 TINY = [o for o in TINY_CV if not o.startswith(("experiment_name=", "model.grade.module.width="))]
-SEARCHED = {"model.grade.module.optimizer.lr", "model.grade.module.width", "model.grade.patch.size",
-            "model.grade.patch.margin", "data.augment.rotate_deg", "data.augment.noise_std", "model.grade.balanced"}  # fmt: skip
+SEARCHED = {
+    "model.grade.module.optimizer.lr",
+    "model.grade.module.width",
+    "model.grade.patch.size",
+    "model.grade.patch.margin",
+    "data.augment.rotate_deg",
+    "data.augment.noise_std",
+    "model.grade.balanced",
+}
 
 
 def _multirun(*args: str) -> subprocess.CompletedProcess[str]:
@@ -25,10 +32,17 @@ def _multirun(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
 
 
-def test_optuna_search_runs_trials_in_one_folder_and_group_and_writes_the_best(tiny_phantom: Path,
-                                                                               tmp_path: Path) -> None:  # fmt: skip
-    result = _multirun("hparams_search=grade_optuna", "hydra.sweeper.n_trials=2", f"data.data_dir={tiny_phantom}",
-                       "logger=wandb", f"hydra.sweep.dir={tmp_path}", *TINY)  # fmt: skip
+def test_optuna_search_runs_trials_in_one_folder_and_group_and_writes_the_best(
+    tiny_phantom: Path, tmp_path: Path
+) -> None:
+    result = _multirun(
+        "hparams_search=grade_optuna",
+        "hydra.sweeper.n_trials=2",
+        f"data.data_dir={tiny_phantom}",
+        "logger=wandb",
+        f"hydra.sweep.dir={tmp_path}",
+        *TINY,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     objectives = {p.parent.name: json.loads(p.read_text()) for p in tmp_path.glob("*/objective.json")}
     assert set(objectives) == {"0", "1"}
@@ -50,9 +64,16 @@ def test_optuna_search_runs_trials_in_one_folder_and_group_and_writes_the_best(t
 @pytest.mark.slow  # make test-full: the Optuna sweep test covers multirun in make test; 27 s
 def test_submitit_local_launcher_runs_one_fold_per_job(tiny_phantom: Path, tmp_path: Path) -> None:
     """The SLURM path without SLURM: the same sweep through submitit's local executor, two jobs at once."""
-    result = _multirun("data.fold=0,1", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=15",
-                       "threads=1", f"data.data_dir={tiny_phantom}", "logger=csv", f"hydra.sweep.dir={tmp_path}",
-                       *TINY)  # fmt: skip
+    result = _multirun(
+        "data.fold=0,1",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=15",
+        "threads=1",
+        f"data.data_dir={tiny_phantom}",
+        "logger=csv",
+        f"hydra.sweep.dir={tmp_path}",
+        *TINY,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     for job, fold in (("0", 0), ("1", 1)):
         metrics = json.loads((tmp_path / job / "A1" / f"fold_{fold}" / "metrics.json").read_text())
@@ -62,8 +83,11 @@ def test_submitit_local_launcher_runs_one_fold_per_job(tiny_phantom: Path, tmp_p
 
 def test_slurm_launcher_config_composes_with_cluster_settings() -> None:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
-                      return_hydra_config=True)  # fmt: skip
+        cfg = compose(
+            config_name="train",
+            overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+            return_hydra_config=True,
+        )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
     assert launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1 and launcher.timeout_min == 240

@@ -10,13 +10,27 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-TINY = ["data.num_folds=4", "data.patch.size=24", "model.detector.module.image_size=96", "trainer.enable_progress_bar=false",
-        "model.rootlet.module.width=0.125", "model.grade.module.width=0.125", "logger=csv"]  # fmt: skip
+TINY = [
+    "data.num_folds=4",
+    "data.patch.size=24",
+    "model.detector.module.image_size=96",
+    "trainer.enable_progress_bar=false",
+    "model.rootlet.module.width=0.125",
+    "model.grade.module.width=0.125",
+    "logger=csv",
+]
 
 
 def _train(data_dir: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "lumbar_lightning.cli.train", f"data.data_dir={data_dir}", f"hydra.run.dir={run_dir}",
-           *TINY, *overrides]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "lumbar_lightning.cli.train",
+        f"data.data_dir={data_dir}",
+        f"hydra.run.dir={run_dir}",
+        *TINY,
+        *overrides,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
@@ -37,11 +51,18 @@ def test_fast_dev_run_end_to_end(tiny_phantom: Path, tmp_path: Path) -> None:
 
 def test_short_run_writes_checkpoints_predictions_and_metrics(tiny_phantom: Path, tmp_path: Path) -> None:
     result = _train(
-        tiny_phantom, tmp_path / "run", "data.rater=A2", "model.detector.trainer.max_epochs=1",
-        "+model.detector.trainer.limit_train_batches=2", "model.rootlet.trainer.max_epochs=1",
-        "model.grade.trainer.max_epochs=2", "model.grade.samples_per_epoch=64", "model.rootlet.samples_per_epoch=64",
-        "model.baseline.trainer.max_epochs=1", "model.baseline.samples_per_epoch=64",
-    )  # fmt: skip
+        tiny_phantom,
+        tmp_path / "run",
+        "data.rater=A2",
+        "model.detector.trainer.max_epochs=1",
+        "+model.detector.trainer.limit_train_batches=2",
+        "model.rootlet.trainer.max_epochs=1",
+        "model.grade.trainer.max_epochs=2",
+        "model.grade.samples_per_epoch=64",
+        "model.rootlet.samples_per_epoch=64",
+        "model.baseline.trainer.max_epochs=1",
+        "model.baseline.samples_per_epoch=64",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "run" / "A2" / "fold_0"
     for stage in ("detector", "rootlet", "grade"):
@@ -54,9 +75,25 @@ def test_short_run_writes_checkpoints_predictions_and_metrics(tiny_phantom: Path
     assert grade["chained"]["n"] > 0 and len(grade["chained"]["confusion_matrix"]) == 4
     assert 0 <= metrics["detector"]["test/acc"] <= 1 and "test/map_50" in metrics["detector"]
     preds = pd.read_csv(out / "predictions.csv", keep_default_na=False)
-    expected = {"sop_instance_uid", "patient", "fold", "level_A1", "grade_A1", "level_A2", "grade_A2", "level_truth",
-                "pred_x_min", "box_score", "rootlet_prob", "p_A", "p_D", "pred_level", "pred_grade",
-                "gt_box_level", "gt_box_grade"}  # fmt: skip
+    expected = {
+        "sop_instance_uid",
+        "patient",
+        "fold",
+        "level_A1",
+        "grade_A1",
+        "level_A2",
+        "grade_A2",
+        "level_truth",
+        "pred_x_min",
+        "box_score",
+        "rootlet_prob",
+        "p_A",
+        "p_D",
+        "pred_level",
+        "pred_grade",
+        "gt_box_level",
+        "gt_box_grade",
+    }
     assert expected <= set(preds.columns)
     probs = preds[["p_A", "p_B", "p_C", "p_D"]].sum(axis=1)
     assert ((probs - 1).abs() < 1e-3).all()

@@ -18,8 +18,11 @@ class RngState(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         kind, keys, pos, has_gauss, cached = np.random.get_state()
         version, state, gauss = random.getstate()
-        return {"torch": torch.get_rng_state(), "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
-                "python": [version, list(state), gauss]}  # fmt: skip
+        return {
+            "torch": torch.get_rng_state(),
+            "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+            "python": [version, list(state), gauss],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch"])

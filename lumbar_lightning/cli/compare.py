@@ -17,8 +17,10 @@ def compare(cfg: DictConfig) -> dict:
     for task in ("rootlet", "grade"):
         for name, t in result[task]["tests"].items():
             verdict = "significant" if t["significant"] else "not significant"
-            log.info(f"{task} {name}: {100 * t['accuracy_a']:.1f}% vs {100 * t['accuracy_b']:.1f}% "
-                     f"(McNemar p={t['mcnemar']['p']:.3g}; {verdict})")  # fmt: skip
+            log.info(
+                f"{task} {name}: {100 * t['accuracy_a']:.1f}% vs {100 * t['accuracy_b']:.1f}% "
+                f"(McNemar p={t['mcnemar']['p']:.3g}; {verdict})"
+            )
     log.info(f"comparison: {out / 'comparison.md'}")
     return result
 

@@ -102,8 +102,14 @@ def item_seed(seed: int, key: int | tuple[int, int]) -> tuple[int, int | None]:
 class DetectionSlices(Dataset):
     """Slices resized to the detector's input with the rater's canal box scaled alike."""
 
-    def __init__(self, images: np.ndarray, boxes: np.ndarray, uids: list[str], augment: PaperAugment | None = None,
-                 seed: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        images: np.ndarray,
+        boxes: np.ndarray,
+        uids: list[str],
+        augment: PaperAugment | None = None,
+        seed: int = 0,
+    ) -> None:
         self.images, self.boxes, self.uids, self.augment, self.seed = images, boxes, uids, augment, seed
 
     def __len__(self) -> int:
@@ -131,8 +137,15 @@ def collate_detection(items: list[dict[str, Any]]) -> dict[str, Any]:
 class CanalPatches(Dataset):
     """Canal patches cut around the rater's boxes, with the target of one task."""
 
-    def __init__(self, patches: np.ndarray, targets: np.ndarray, uids: list[str], geometry: PatchGeometry,
-                 augment: PaperAugment | None = None, seed: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        patches: np.ndarray,
+        targets: np.ndarray,
+        uids: list[str],
+        geometry: PatchGeometry,
+        augment: PaperAugment | None = None,
+        seed: int = 0,
+    ) -> None:
         self.patches, self.targets, self.uids, self.geometry = patches, targets, uids, geometry
         self.augment, self.seed = augment, seed
 
@@ -281,10 +294,16 @@ class SliceDataModule(LumbarDataModule):
     def build(self, rows: pd.DataFrame, augment: PaperAugment | None) -> Dataset:
         assert self.dataset is not None
         images = np.stack([self.dataset.resized(uid, self.image_size) for uid in rows["sop_instance_uid"]])
-        boxes = np.stack([
-            scale_boxes(np.array([r.x_min, r.y_min, r.x_max, r.y_max]), (r.rows, r.columns), (self.image_size,) * 2)
-            for r in rows.itertuples()
-        ])  # fmt: skip
+        boxes = np.stack(
+            [
+                scale_boxes(
+                    np.array([r.x_min, r.y_min, r.x_max, r.y_max]),
+                    (r.rows, r.columns),
+                    (self.image_size,) * 2,
+                )
+                for r in rows.itertuples()
+            ]
+        )
         return DetectionSlices(
             images, boxes, rows["sop_instance_uid"].tolist(), augment, seed=self.sampler_seed
         )
@@ -302,9 +321,15 @@ class PatchDataModule(LumbarDataModule):
     the patch it accompanies.
     """
 
-    def __init__(self, task: str = "grade", patch: dict[str, Any] | PatchGeometry | None = None,
-                 balanced: bool = True, samples_per_epoch: int | None = None, series_reference: bool = False,
-                 **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        task: str = "grade",
+        patch: dict[str, Any] | PatchGeometry | None = None,
+        balanced: bool = True,
+        samples_per_epoch: int | None = None,
+        series_reference: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -316,10 +341,14 @@ class PatchDataModule(LumbarDataModule):
     def select(self, rows: pd.DataFrame) -> pd.DataFrame:
         if self.series_reference:  # chosen among all the series' labelled slices, before the task's filter
             assert self.dataset is not None
-            own = np.stack([  # each slice cut at its own box, as evaluation sees it (cached for later folds)
-                self.dataset.patch(uid, tuple(box), self.geometry, 1.0)
-                for uid, box in zip(rows["sop_instance_uid"], rows[BOX].to_numpy(dtype=float), strict=True)
-            ])  # fmt: skip
+            own = np.stack(
+                [  # each slice cut at its own box, as evaluation sees it (cached for later folds)
+                    self.dataset.patch(uid, tuple(box), self.geometry, 1.0)
+                    for uid, box in zip(
+                        rows["sop_instance_uid"], rows[BOX].to_numpy(dtype=float), strict=True
+                    )
+                ]
+            )
             refs = reference_slices(
                 rows["series_instance_uid"].to_numpy(),
                 canal_brightness(own),
@@ -346,16 +375,24 @@ class PatchDataModule(LumbarDataModule):
         assert self.dataset is not None
         context = 1.35 if augment is not None else 1.0
         boxes = rows[BOX].to_numpy(dtype=float)
-        patches = np.stack([
-            self.dataset.patch(uid, tuple(box), self.geometry, context)
-            for uid, box in zip(rows["sop_instance_uid"], boxes, strict=True)
-        ])  # fmt: skip
+        patches = np.stack(
+            [
+                self.dataset.patch(uid, tuple(box), self.geometry, context)
+                for uid, box in zip(rows["sop_instance_uid"], boxes, strict=True)
+            ]
+        )
         if self.series_reference:
-            refs = np.stack([
-                self.dataset.patch(uid, tuple(ref), self.geometry, context, scale_box=tuple(box))
-                for uid, ref, box in zip(rows["ref_uid"], rows[[f"ref_{c}" for c in BOX]].to_numpy(dtype=float),
-                                         boxes, strict=True)
-            ])  # fmt: skip
+            refs = np.stack(
+                [
+                    self.dataset.patch(uid, tuple(ref), self.geometry, context, scale_box=tuple(box))
+                    for uid, ref, box in zip(
+                        rows["ref_uid"],
+                        rows[[f"ref_{c}" for c in BOX]].to_numpy(dtype=float),
+                        boxes,
+                        strict=True,
+                    )
+                ]
+            )
             patches = np.stack([patches, refs], axis=1)
         return CanalPatches(
             patches,

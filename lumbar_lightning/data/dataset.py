@@ -126,9 +126,12 @@ class LumbarDataset:
             pixel_mm = float(self.pixel_spacing[sop_instance_uid])
             image = self.image(sop_instance_uid)
             self._patches[key] = geometry.crop(
-                image, np.asarray(box), context, pixel_mm=pixel_mm,
+                image,
+                np.asarray(box),
+                context,
+                pixel_mm=pixel_mm,
                 scale_box=None if scale_box is None else np.asarray(scale_box),
-            )  # fmt: skip
+            )
         return self._patches[key]
 
     @cached_property

@@ -302,8 +302,10 @@ def read_images(path: Path, salt: str = "lumbar-lightning") -> list[tuple[dict[s
             if frames == 1:
                 return [(header_record(ds, path, salt), pixels)]
             if ds.get("PerFrameFunctionalGroupsSequence") is None:
-                raise ValueError(f"multi-frame image ({frames} frames) without per-frame functional groups: "
-                                 "no per-frame position, so its frames cannot be placed")  # fmt: skip
+                raise ValueError(
+                    f"multi-frame image ({frames} frames) without per-frame functional groups: "
+                    "no per-frame position, so its frames cannot be placed"
+                )
             return [(header_record(ds, path, salt, i), pixels[i]) for i in range(frames)]
         except ValueError:
             raise
@@ -540,8 +542,12 @@ def scan_dicom(
             seen[uid] = (str(path), record["pixel_sha1"])
             rows.append(record)
     for uid, paths in conflicting.items():
-        skipped.append(SkippedFile(paths[0], f"SOPInstanceUID {uid} has {len(paths)} copies with different "
-                                              "pixels: all copies skipped"))  # fmt: skip
+        skipped.append(
+            SkippedFile(
+                paths[0],
+                f"SOPInstanceUID {uid} has {len(paths)} copies with different pixels: all copies skipped",
+            )
+        )
     rows = [r for r in rows if r["sop_instance_uid"] not in conflicting]
     cache.save_manifest(new)
     images = pd.DataFrame(rows, columns=INDEX_COLUMNS)

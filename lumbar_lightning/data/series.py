@@ -77,8 +77,15 @@ def select_series(
             normal = series[["normal_x", "normal_y", "normal_z"]].median().to_numpy(dtype=float)
             orientation, angle = orientation_of(normal, tolerance_deg)
             types = " ".join(series["image_type"].astype(str).unique()).upper()
-            decision = SeriesDecision(str(series["patient"].iloc[0]), str(series_uid), description, len(series),
-                                      orientation, False, "")  # fmt: skip
+            decision = SeriesDecision(
+                str(series["patient"].iloc[0]),
+                str(series_uid),
+                description,
+                len(series),
+                orientation,
+                False,
+                "",
+            )
             decisions.append(decision)
             if "LOCALIZER" in types or _LOCALIZER.search(description):
                 decision.reason = "localizer"

@@ -64,9 +64,13 @@ class PatchGeometry:
         s = out / (2 * half)
         matrix = np.array([[s, 0, out / 2 - s * cx], [0, s, out / 2 - s * cy]], dtype=np.float32)
         return cv2.warpAffine(
-            image.astype(np.float32, copy=False), matrix, (out, out), flags=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_CONSTANT, borderValue=0.0,
-        )  # fmt: skip
+            image.astype(np.float32, copy=False),
+            matrix,
+            (out, out),
+            flags=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0.0,
+        )
 
     def center_crop(self, patch: np.ndarray) -> np.ndarray:
         off = (patch.shape[0] - self.size) // 2
@@ -133,8 +137,13 @@ class PaperAugment:
         m = np.array([[1, 0, (ow - 1) / 2], [0, 1, (oh - 1) / 2], [0, 0, 1]]) @ m
         return m[:2].astype(np.float32)
 
-    def __call__(self, image: np.ndarray, seed: int | None = None, boxes: np.ndarray | None = None,
-                 out_size: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+    def __call__(
+        self,
+        image: np.ndarray,
+        seed: int | None = None,
+        boxes: np.ndarray | None = None,
+        out_size: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """The augmented image (``out_size`` square, default the input's size) and boxes (xyxy pixels, clipped;
         a box pushed out of view returns the image and boxes un-augmented, as a sample without its canal is no
         detector sample)."""
@@ -150,8 +159,14 @@ class PaperAugment:
             boxes = _warp_boxes(np.asarray(boxes, dtype=np.float32), m, out_hw)
             if boxes is None:
                 return image, None
-        out = cv2.warpAffine(image.astype(np.float32, copy=False), m, (out_hw[1], out_hw[0]), flags=cv2.INTER_LINEAR,
-                             borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)  # fmt: skip
+        out = cv2.warpAffine(
+            image.astype(np.float32, copy=False),
+            m,
+            (out_hw[1], out_hw[0]),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0.0,
+        )
         if p["noise"]:
             out += noise * float(p["noise_std"])
         return out, boxes

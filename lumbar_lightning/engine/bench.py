@@ -157,8 +157,10 @@ def compute_section(presets: dict[str, Any], peak: float, steps: int, small: boo
             optimizer = torch.optim.Adam(module.parameters(), lr=1e-5)
             flops = train_step_flops(module, batch)
             reps = 1 if (name == "paper" and stage == "detector") else steps
-            seconds = median_time(lambda m=module, o=optimizer, b=batch, r=reps: [_train_step(m, o, b) for _ in range(r)],
-                                  repeats=2 if small else 3)  # fmt: skip
+            seconds = median_time(
+                lambda m=module, o=optimizer, b=batch, r=reps: [_train_step(m, o, b) for _ in range(r)],
+                repeats=2 if small else 3,
+            )
             rate = n * reps / seconds
             out[f"{name}/{stage}/train_images_per_s"] = rate
             out[f"{name}/{stage}/gflop_per_image"] = flops / n / 1e9
@@ -201,9 +203,18 @@ def overhead_section(cfg: Any, steps: int, rounds: int = 7) -> dict[str, float]:
             _train_step(module, optimizer, batch)
 
     def lightning() -> None:
-        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, max_epochs=1, logger=False,
-                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                            num_sanity_val_steps=0, limit_val_batches=0)  # fmt: skip
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_steps=steps,
+            max_epochs=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+        )
         trainer.fit(fresh(), train_dataloaders=loader)
 
     t_plain, t_fit, ratio = ab_rounds(plain, lightning, rounds)
@@ -222,9 +233,17 @@ def data_section(root: Path, cache: Path, cfg: Any, model_rate: float) -> dict[s
 
     out: dict[str, float] = {}
     ds = LumbarDataset.ingest(root, cache)
-    dm = PatchDataModule(task="grade", patch=stage_geometry(cfg, "grade"), data_dir=str(root), cache_dir=str(cache),
-                         num_folds=4, batch_size=int(cfg.model.grade.batch_size), num_workers=int(cfg.data.num_workers),
-                         augment=dict(cfg.data.augment), samples_per_epoch=int(cfg.model.grade.batch_size) * 8)  # fmt: skip
+    dm = PatchDataModule(
+        task="grade",
+        patch=stage_geometry(cfg, "grade"),
+        data_dir=str(root),
+        cache_dir=str(cache),
+        num_folds=4,
+        batch_size=int(cfg.model.grade.batch_size),
+        num_workers=int(cfg.data.num_workers),
+        augment=dict(cfg.data.augment),
+        samples_per_epoch=int(cfg.model.grade.batch_size) * 8,
+    )
     dm.setup()
     loader = dm.train_dataloader()
     count = sum(len(b["target"]) for b in loader)
@@ -236,8 +255,9 @@ def data_section(root: Path, cache: Path, cfg: Any, model_rate: float) -> dict[s
     # What a user would otherwise write: the same items, order, augmentation and batches, but each item read
     # from its DICOM file every epoch (decode, normalise, crop) instead of from patches cut once from the cache.
     naive = NaiveDicomPatches(dm, ds.images.set_index("sop_instance_uid")["path"])
-    naive_loader = torch.utils.data.DataLoader(naive, batch_size=loader.batch_size, sampler=dm.sampler("train"),
-                                               num_workers=loader.num_workers)  # fmt: skip
+    naive_loader = torch.utils.data.DataLoader(
+        naive, batch_size=loader.batch_size, sampler=dm.sampler("train"), num_workers=loader.num_workers
+    )
     t_ours, t_naive = ab_medians(lambda: [None for _ in loader], lambda: [None for _ in naive_loader])
     out["data/naive_dcmread_images_per_s"] = count / t_naive
     out["data/cached_over_naive"] = t_naive / t_ours
@@ -282,8 +302,14 @@ def inference_section(
     out: dict[str, float] = {}
     for name, cfg in presets.items():
         m = build_modules(cfg)
-        pipeline = Pipeline(m["detector"], m["rootlet"], m["grade"], stage_geometry(cfg, "rootlet"),
-                            batch_size=int(cfg.data.eval_batch_size), grade_patch=stage_geometry(cfg, "grade"))  # fmt: skip
+        pipeline = Pipeline(
+            m["detector"],
+            m["rootlet"],
+            m["grade"],
+            stage_geometry(cfg, "rootlet"),
+            batch_size=int(cfg.data.eval_batch_size),
+            grade_patch=stage_geometry(cfg, "grade"),
+        )
         seconds = median_time(
             lambda p=pipeline: p.predict(study, pixel_mm=spacing), repeats=3 if name == "demo" else 1
         )
@@ -447,9 +473,15 @@ def markdown_block(result: dict[str, Any]) -> str:
     """The result as a README block (between the record markers), so recorded figures are never typed in."""
     from lumbar_lightning.evaluation.record import BEGIN, END
 
-    lines = [BEGIN, "", f"torch {result['torch']}, {result['threads']} threads"
-             + (f", {result['gpu/device']}" if "gpu/device" in result else ", no GPU section (no CUDA)"), "",
-             "| figure | value |", "|---|---|"]  # fmt: skip
+    lines = [
+        BEGIN,
+        "",
+        f"torch {result['torch']}, {result['threads']} threads"
+        + (f", {result['gpu/device']}" if "gpu/device" in result else ", no GPU section (no CUDA)"),
+        "",
+        "| figure | value |",
+        "|---|---|",
+    ]
     for key, value in result.items():
         if key not in ("targets", "torch", "threads"):
             lines.append(f"| {key} | {value:.3f} |" if isinstance(value, float) else f"| {key} | {value} |")

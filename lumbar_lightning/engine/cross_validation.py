@@ -144,8 +144,9 @@ def cross_validate(cfg: DictConfig, root: Path) -> dict[str, Any]:
             )
         values["threads"] = threads
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=end_with_parent,
-                                 initargs=(os.getpid(),)) as pool:  # fmt: skip
+        with ProcessPoolExecutor(
+            workers, mp_context=context, initializer=end_with_parent, initargs=(os.getpid(),)
+        ) as pool:
             futures = [
                 pool.submit(_run_job_in_worker, values, job, str(root / "logs"), threads) for job in jobs
             ]

@@ -133,8 +133,15 @@ def _trainer(
     return fit, test
 
 
-def _fit_stage(cfg: DictConfig, stage: str, module: StageModule, datamodule: L.LightningDataModule,
-               out_dir: Path, run_name: str, tracking_dir: Path) -> dict[str, Any]:  # fmt: skip
+def _fit_stage(
+    cfg: DictConfig,
+    stage: str,
+    module: StageModule,
+    datamodule: L.LightningDataModule,
+    out_dir: Path,
+    run_name: str,
+    tracking_dir: Path,
+) -> dict[str, Any]:
     """Fit, reload the best checkpoint (weights only), test it on the rater's own boxes.
 
     Resumable: a stage that finished before (``done.json``) is reloaded, not retrained; one that was cut off
@@ -273,18 +280,28 @@ def run_fold(
         module = modules[stage]
         stage_cfg = cfg.model[stage]
         task = "rootlet" if stage == "rootlet" else "grade"
-        dm = PatchDataModule(task=task, patch=geometry[stage], balanced=stage_cfg.balanced,
-                             samples_per_epoch=stage_cfg.get("samples_per_epoch"),
-                             series_reference=module.hparams.series_reference,
-                             **_data_kwargs(cfg, fold, rater, stage_cfg))  # fmt: skip
+        dm = PatchDataModule(
+            task=task,
+            patch=geometry[stage],
+            balanced=stage_cfg.balanced,
+            samples_per_epoch=stage_cfg.get("samples_per_epoch"),
+            series_reference=module.hparams.series_reference,
+            **_data_kwargs(cfg, fold, rater, stage_cfg),
+        )
         dm.setup()
         module.set_class_prior(dm.class_counts("train"))
         metrics[stage] = {
             "gt_box": _fit_stage(cfg, stage, module, dm, out_dir, f"{rater}-{stage}-fold{fold}", tracking_dir)
         }
 
-    pipeline = Pipeline(detector, rootlet, grader, geometry["rootlet"], batch_size=cfg.data.eval_batch_size,
-                        grade_patch=geometry["grade"])  # fmt: skip
+    pipeline = Pipeline(
+        detector,
+        rootlet,
+        grader,
+        geometry["rootlet"],
+        batch_size=cfg.data.eval_batch_size,
+        grade_patch=geometry["grade"],
+    )
     predictions = predict_test_images(pipeline, dataset, det_dm.rows["test"]["patient"].unique(), fold, rater)
     if "baseline" in modules:
         predictions["baseline_grade"] = baseline_grades(
@@ -305,8 +322,9 @@ def run_fold(
     return metrics
 
 
-def write_pipeline_spec(out_dir: Path, cfg: DictConfig, modules: dict[str, StageModule],
-                        geometry: dict[str, PatchGeometry]) -> None:  # fmt: skip
+def write_pipeline_spec(
+    out_dir: Path, cfg: DictConfig, modules: dict[str, StageModule], geometry: dict[str, PatchGeometry]
+) -> None:
     """What ``lumbar-predict`` needs besides the checkpoints, as plain data (nothing in it is ever executed):
     each stage's class and hyperparameters, the patch geometry, and the whole run config as plain YAML."""
     spec = {

@@ -49,8 +49,10 @@ def train_for_objective(cfg: DictConfig, root: Path) -> float:
             log.info(f"W&B runs: {out / 'logs' / 'wandb'} (offline ones upload later with `wandb sync`)")
         values[int(fold)] = objective_value(metrics, cfg.objective.metric)
     value = float(np.mean(list(values.values())))
-    atomic_write_text(Path(root) / "objective.json",
-                      json.dumps({"metric": cfg.objective.metric, "value": value, "folds": values}, indent=1))  # fmt: skip
+    atomic_write_text(
+        Path(root) / "objective.json",
+        json.dumps({"metric": cfg.objective.metric, "value": value, "folds": values}, indent=1),
+    )
     log.info(f"objective {cfg.objective.metric} = {value:.4f} (mean over folds {folds})")
     return value
 
@@ -88,8 +90,13 @@ def best_trial(sweep_dir: Path, maximize: bool = True) -> dict[str, Any] | None:
     config = (
         OmegaConf.load(job / ".hydra" / "config.yaml") if (job / ".hydra" / "config.yaml").exists() else {}
     )
-    return {"job": job.name, "value": value, "trials": len(trials), "overrides": OmegaConf.to_container(overrides),
-            "config": OmegaConf.to_container(config)}  # fmt: skip
+    return {
+        "job": job.name,
+        "value": value,
+        "trials": len(trials),
+        "overrides": OmegaConf.to_container(overrides),
+        "config": OmegaConf.to_container(config),
+    }
 
 
 class BestTrialCallback(Callback):

@@ -26,8 +26,20 @@ def box_features(image: np.ndarray, box: np.ndarray, pixel_mm: float) -> np.ndar
     region = image[max(0, y0) : max(y0 + 1, y1), max(0, x0) : max(x0 + 1, x1)].astype(np.float32)
     p10, p50, p90 = np.percentile(region, [10, 50, 90])
     w, h = max(1, x1 - x0), max(1, y1 - y0)
-    return np.array([region.mean(), region.std(), p10, p50, p90, (region > 0.7).mean(), (region < 0.3).mean(),
-                     w * h * pixel_mm**2, w / h], dtype=np.float64)  # fmt: skip
+    return np.array(
+        [
+            region.mean(),
+            region.std(),
+            p10,
+            p50,
+            p90,
+            (region > 0.7).mean(),
+            (region < 0.3).mean(),
+            w * h * pixel_mm**2,
+            w / h,
+        ],
+        dtype=np.float64,
+    )
 
 
 def intensity_baseline(
@@ -37,11 +49,16 @@ def intensity_baseline(
     rows = dataset.labels.for_rater(rater)
     rows = rows[(rows["level"] == "rootlet") & (rows["grade"] != "")]
     meta = dataset.images.set_index("sop_instance_uid")
-    x = np.stack([
-        box_features(dataset.cache.get(r.sop_instance_uid), np.array([r.x_min, r.y_min, r.x_max, r.y_max]),
-                     float(meta.at[r.sop_instance_uid, "pixel_spacing_col"]))
-        for r in rows.itertuples(index=False)
-    ])  # fmt: skip
+    x = np.stack(
+        [
+            box_features(
+                dataset.cache.get(r.sop_instance_uid),
+                np.array([r.x_min, r.y_min, r.x_max, r.y_max]),
+                float(meta.at[r.sop_instance_uid, "pixel_spacing_col"]),
+            )
+            for r in rows.itertuples(index=False)
+        ]
+    )
     y = rows["grade"].to_numpy()
     parts = rows["sop_instance_uid"].map(meta["patient"]).map(dataset.folds(num_folds, seed).parts).to_numpy()
     predicted = np.empty(len(y), dtype=object)

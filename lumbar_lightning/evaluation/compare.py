@@ -27,8 +27,12 @@ def _merge(run_a: Path, run_b: Path) -> tuple[pd.DataFrame, list[str], list[str]
     who_a, who_b = readers(a), readers(b)
     refs = [r for r in who_a["raters"] + who_a["truth"] if r in who_b["raters"] + who_b["truth"]]
     for frame, who, tag in ((a, who_a, "a"), (b, who_b, "b")):
-        frame.rename(columns={f"{k}_{c}": f"{k}_{c}@{tag}" for c in who["classifiers"] for k in ("level", "grade", "fold")},
-                     inplace=True)  # fmt: skip
+        frame.rename(
+            columns={
+                f"{k}_{c}": f"{k}_{c}@{tag}" for c in who["classifiers"] for k in ("level", "grade", "fold")
+            },
+            inplace=True,
+        )
     merged = a.merge(b, on="sop_instance_uid", suffixes=("", "@b"))
     if merged.empty:
         raise DataContractError(
@@ -88,8 +92,14 @@ def compare_runs(run_a: Path | str, run_b: Path | str, seed: int = 0) -> dict[st
 
 
 def render_comparison(result: dict[str, Any]) -> str:
-    lines = ["# Run comparison", "", f"- a: `{result['run_a']}`", f"- b: `{result['run_b']}`",
-             f"- common test images: {result['images']}; significance at p < {result['alpha']}", ""]  # fmt: skip
+    lines = [
+        "# Run comparison",
+        "",
+        f"- a: `{result['run_a']}`",
+        f"- b: `{result['run_b']}`",
+        f"- common test images: {result['images']}; significance at p < {result['alpha']}",
+        "",
+    ]
     for task in TASK_CLASSES:
         part = result[task]
         lines += [

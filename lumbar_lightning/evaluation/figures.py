@@ -39,8 +39,15 @@ def confusion_grid(
         ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
         for i in range(cm.shape[0]):
             for j in range(cm.shape[1]):
-                ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=9,
-                        color="white" if share[i, j] > 0.6 else "black")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    f"{int(cm[i, j])}",
+                    ha="center",
+                    va="center",
+                    fontsize=9,
+                    color="white" if share[i, j] > 0.6 else "black",
+                )
         a, b = pair.split("-", 1)
         ax.set_xticks(range(len(classes)), classes, fontsize=8)
         ax.set_yticks(range(len(classes)), classes, fontsize=8)

@@ -22,16 +22,24 @@ def results_block(run_dir: Path) -> str:
     summary = json.loads((run_dir / "cv_summary.json").read_text())
     lines = [BEGIN, "", f"Recorded from `{run_dir.name}` ({summary['images']} test images).", ""]
     for task in ("rootlet", "grade"):
-        lines += [f"**{task}**", "", "| pair | n | agreement % | macro F1 % | kappa | paper agreement % | paper F1 % |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"**{task}**",
+            "",
+            "| pair | n | agreement % | macro F1 % | kappa | paper agreement % | paper F1 % |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for pair, row in summary[task].items():
             paper = PAPER.get(task, {}).get(pair, ("", ""))
-            lines.append(f"| {pair} | {row['n']} | {100 * row['accuracy']:.1f} | {100 * row['f1_macro']:.1f} | "
-                         f"{row['kappa']:.3f} | {paper[0]} | {paper[1]} |")  # fmt: skip
+            lines.append(
+                f"| {pair} | {row['n']} | {100 * row['accuracy']:.1f} | {100 * row['f1_macro']:.1f} | "
+                f"{row['kappa']:.3f} | {paper[0]} | {paper[1]} |"
+            )
         lines.append("")
     for rater, m in summary.get("per_fold", {}).items():
-        lines.append(f"- {rater}: {m['seconds']['mean']:.0f} s per fold on average over {m['seconds']['n_folds']} folds; "
-                     f"detection rate {100 * m['detection_rate']['mean']:.1f} ± {100 * m['detection_rate']['std']:.1f}%")  # fmt: skip
+        lines.append(
+            f"- {rater}: {m['seconds']['mean']:.0f} s per fold on average over {m['seconds']['n_folds']} folds; "
+            f"detection rate {100 * m['detection_rate']['mean']:.1f} ± {100 * m['detection_rate']['std']:.1f}%"
+        )
     timing = run_dir / "timing.json"
     if timing.exists():
         lines.append(f"- wall time of the whole run: {json.loads(timing.read_text())['seconds']:.0f} s")
@@ -56,8 +64,12 @@ def spread_block(reference: Path) -> str:
     with its mean and standard deviation."""
     spread = json.loads((Path(reference) / "spread.json").read_text())
     seeds = spread["seeds"]
-    lines = [SPREAD_BEGIN, "", f"| rater | figure | seeds {' / '.join(str(s) for s in seeds)} | mean | sd |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        SPREAD_BEGIN,
+        "",
+        f"| rater | figure | seeds {' / '.join(str(s) for s in seeds)} | mean | sd |",
+        "|---|---|---|---|---|",
+    ]
     for rater, values in spread["values"].items():
         for only, label, key, scale, digits in SPREAD_ROWS:
             if (only and only != rater) or key not in values:

@@ -18,8 +18,21 @@ from lumbar_lightning.io import atomic_write_text
 if TYPE_CHECKING:
     import pandas as pd
 
-SUMMARY_KEYS = ("n", "accuracy", "accuracy_ci95", "f1_macro", "f1_per_class", "kappa", "kappa_quadratic", "ttest",
-                "confusion_matrix", "classes", "gross_errors", "gross_error_rate", "recall_per_class")  # fmt: skip
+SUMMARY_KEYS = (
+    "n",
+    "accuracy",
+    "accuracy_ci95",
+    "f1_macro",
+    "f1_per_class",
+    "kappa",
+    "kappa_quadratic",
+    "ttest",
+    "confusion_matrix",
+    "classes",
+    "gross_errors",
+    "gross_error_rate",
+    "recall_per_class",
+)
 
 
 def per_fold_metrics(root: Path) -> dict[str, dict[str, dict[str, float]]]:
@@ -102,8 +115,13 @@ def render_report(summary: dict[str, Any], title: str = "lumbar-lightning cross-
         "",
     ]
     for task, name in (("rootlet", "Rootlet / cord"), ("grade", "Stenosis grade")):
-        lines += [f"## {name}", "", "| pair | n | agreement % (95% CI) | macro F1 % | kappa | quadratic kappa | "
-                  "paired t-test p | paper agreement % | paper F1 % |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"## {name}",
+            "",
+            "| pair | n | agreement % (95% CI) | macro F1 % | kappa | quadratic kappa | "
+            "paired t-test p | paper agreement % | paper F1 % |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for pair, row in summary[task].items():
             lo, hi = row.get("accuracy_ci95", [np.nan, np.nan])
             paper = summary["paper"].get(task, {}).get(pair)
@@ -167,13 +185,25 @@ def render_report(summary: dict[str, Any], title: str = "lumbar-lightning cross-
             n = next(iter(row.values()))["n"]
             lines.append(f"| {level} | {n} | " + " | ".join(_pct(row[p]["accuracy"]) for p in pairs) + " |")
         lines.append("")
-    lines += ["## Across folds (mean ± sd of the chained pipeline against its own rater)", "",
-              "| rater | detection rate % | rootlet % | grade % | grade macro F1 % | grade % (no prior correction) | "
-              "grade macro F1 % (no prior correction) | s per fold |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "## Across folds (mean ± sd of the chained pipeline against its own rater)",
+        "",
+        "| rater | detection rate % | rootlet % | grade % | grade macro F1 % | grade % (no prior correction) | "
+        "grade macro F1 % (no prior correction) | s per fold |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for rater, m in summary["per_fold"].items():
-        cells = [f"{_pct(m[k]['mean'])} ± {_pct(m[k]['std'])}" for k in
-                 ("detection_rate", "rootlet_accuracy", "grade_accuracy", "grade_f1_macro",
-                  "grade_accuracy_balanced", "grade_f1_macro_balanced")]  # fmt: skip
+        cells = [
+            f"{_pct(m[k]['mean'])} ± {_pct(m[k]['std'])}"
+            for k in (
+                "detection_rate",
+                "rootlet_accuracy",
+                "grade_accuracy",
+                "grade_f1_macro",
+                "grade_accuracy_balanced",
+                "grade_f1_macro_balanced",
+            )
+        ]
         lines.append(f"| {rater} | " + " | ".join(cells) + f" | {m['seconds']['mean']:.0f} |")
     lines.append("")
     return "\n".join(lines)

@@ -55,8 +55,14 @@ def mcnemar(reference: Sequence[str], pred_a: Sequence[str], pred_b: Sequence[st
     return {"a_only_right": b, "b_only_right": c, "p": p, "n": len(ref)}
 
 
-def bootstrap_ci(a: Sequence[str], b: Sequence[str], patients: Sequence[str], n_resamples: int = 1000,
-                 seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:  # fmt: skip
+def bootstrap_ci(
+    a: Sequence[str],
+    b: Sequence[str],
+    patients: Sequence[str],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the agreement of ``a`` and ``b``, resampling whole patients."""
     agree = np.asarray(a, dtype=object) == np.asarray(b, dtype=object)
     ids, inverse = np.unique(np.asarray(patients, dtype=object), return_inverse=True)
@@ -71,9 +77,14 @@ def bootstrap_ci(a: Sequence[str], b: Sequence[str], patients: Sequence[str], n_
         return hits[idx].sum(axis=axis) / counts[idx].sum(axis=axis)
 
     res = stats.bootstrap(
-        (np.arange(len(ids)),), accuracy, n_resamples=n_resamples, confidence_level=confidence,
-        method="percentile", vectorized=True, random_state=np.random.default_rng(seed),
-    )  # fmt: skip
+        (np.arange(len(ids)),),
+        accuracy,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        vectorized=True,
+        random_state=np.random.default_rng(seed),
+    )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 

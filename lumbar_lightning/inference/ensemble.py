@@ -55,8 +55,10 @@ def load_fold_pipeline(fold_dir: Path, device: str = "cpu", batch_size: int | No
     for stage, cls in STAGE_CLASSES.items():
         recorded = spec["stages"][stage]
         if recorded["class"] != cls.__name__:
-            raise DataContractError(f"{fold_dir / 'pipeline.json'}: stage {stage} is a {recorded['class']!r}; "
-                                    f"only {cls.__name__} is accepted")  # fmt: skip
+            raise DataContractError(
+                f"{fold_dir / 'pipeline.json'}: stage {stage} is a {recorded['class']!r}; "
+                f"only {cls.__name__} is accepted"
+            )
         ckpt_path = fold_dir / "checkpoints" / stage / "best.ckpt"
         if not ckpt_path.is_file():
             raise DataContractError(f"{ckpt_path}: checkpoint missing")
@@ -79,8 +81,15 @@ def load_fold_pipeline(fold_dir: Path, device: str = "cpu", batch_size: int | No
             raise DataContractError(str(exc)) from None
         modules[stage] = module
     geometry = {s: PatchGeometry(**g) for s, g in spec["geometry"].items()}
-    return Pipeline(modules["detector"], modules["rootlet"], modules["grade"], geometry["rootlet"],  # type: ignore[arg-type]
-                    batch_size=batch_size or spec["batch_size"], device=device, grade_patch=geometry["grade"])  # fmt: skip
+    return Pipeline(
+        modules["detector"],
+        modules["rootlet"],
+        modules["grade"],
+        geometry["rootlet"],  # type: ignore[arg-type]
+        batch_size=batch_size or spec["batch_size"],
+        device=device,
+        grade_patch=geometry["grade"],
+    )
 
 
 def _plain(value: Any) -> Any:

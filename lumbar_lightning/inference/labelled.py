@@ -14,8 +14,14 @@ from lumbar_lightning.inference.pipeline import Pipeline
 from lumbar_lightning.models.stages import GradeClassifier
 
 
-def predict_test_images(pipeline: Pipeline, dataset: LumbarDataset, patients: np.ndarray, fold: int | str,
-                        rater: str, gt_boxes: bool = True) -> pd.DataFrame:  # fmt: skip
+def predict_test_images(
+    pipeline: Pipeline,
+    dataset: LumbarDataset,
+    patients: np.ndarray,
+    fold: int | str,
+    rater: str,
+    gt_boxes: bool = True,
+) -> pd.DataFrame:
     """One row per labelled image of the test patients: every rater's labels, the chained prediction, and (with
     ``gt_boxes``) the prediction on the training rater's own box (the ground-truth-box path)."""
     images = dataset.images.set_index("sop_instance_uid")
@@ -44,8 +50,9 @@ def predict_test_images(pipeline: Pipeline, dataset: LumbarDataset, patients: np
     if any(has_box):
         idx = [i for i, h in enumerate(has_box) if h]
         boxes = own.loc[[uids[i] for i in idx], ["x_min", "y_min", "x_max", "y_max"]].to_numpy(np.float32)
-        gt = pipeline.predict([pixels[i] for i in idx], boxes=boxes, pixel_mm=[spacing[i] for i in idx],
-                              series=series[idx])  # fmt: skip
+        gt = pipeline.predict(
+            [pixels[i] for i in idx], boxes=boxes, pixel_mm=[spacing[i] for i in idx], series=series[idx]
+        )
         frame["gt_box_level"] = ""
         frame["gt_box_grade"] = ""
         frame.loc[idx, "gt_box_level"] = [p.level for p in gt]

@@ -29,13 +29,26 @@ class Prediction:
     grade: str  # empty where the level is cord
 
     @classmethod
-    def decide(cls, box: np.ndarray, box_score: float, rootlet_prob: float, grade_probs: np.ndarray,
-               grade_probs_balanced: np.ndarray) -> Prediction:  # fmt: skip
+    def decide(
+        cls,
+        box: np.ndarray,
+        box_score: float,
+        rootlet_prob: float,
+        grade_probs: np.ndarray,
+        grade_probs_balanced: np.ndarray,
+    ) -> Prediction:
         """The level (rootlet at probability >= 0.5) and, on rootlet slices only, the most probable grade."""
         level = "rootlet" if rootlet_prob >= 0.5 else "cord"
         grade = GRADES[int(np.argmax(grade_probs))] if level == "rootlet" else ""
-        return cls(np.asarray(box), float(box_score), float(rootlet_prob), level, grade_probs, grade_probs_balanced,
-                   grade)  # fmt: skip
+        return cls(
+            np.asarray(box),
+            float(box_score),
+            float(rootlet_prob),
+            level,
+            grade_probs,
+            grade_probs_balanced,
+            grade,
+        )
 
     def as_row(self) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -61,9 +74,16 @@ class Pipeline:
     Images go in as full-size normalised arrays (the ingestion cache's format); everything runs in batches.
     """
 
-    def __init__(self, detector: CanalDetector, rootlet: RootletClassifier, grade: GradeClassifier,
-                 patch: PatchGeometry, batch_size: int = 64, device: str | torch.device = "cpu",
-                 grade_patch: PatchGeometry | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        detector: CanalDetector,
+        rootlet: RootletClassifier,
+        grade: GradeClassifier,
+        patch: PatchGeometry,
+        batch_size: int = 64,
+        device: str | torch.device = "cpu",
+        grade_patch: PatchGeometry | None = None,
+    ) -> None:
         self.detector = detector.eval().to(device)
         self.rootlet = rootlet.eval().to(device)
         self.grade = grade.eval().to(device)
@@ -87,8 +107,13 @@ class Pipeline:
         return np.stack(boxes), np.concatenate(scores)
 
     @torch.no_grad()
-    def classify(self, images: Sequence[np.ndarray], boxes: np.ndarray, pixel_mm: Sequence[float] | None = None,
-                 series: Sequence[Any] | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+    def classify(
+        self,
+        images: Sequence[np.ndarray],
+        boxes: np.ndarray,
+        pixel_mm: Sequence[float] | None = None,
+        series: Sequence[Any] | None = None,
+    ) -> dict[str, np.ndarray]:
         """Rootlet probability and grade probabilities (corrected and balanced) for each image's box.
 
         A grader with ``series_reference`` also sees each slice's series reference (``reference_slices`` on the
@@ -107,10 +132,18 @@ class Pipeline:
             return torch.from_numpy(np.stack(patches))[:, None].to(self.device)
 
         level_in = cut(self.patch)
-        rootlet = torch.cat([
-            self.rootlet.class_log_probs(self.rootlet(level_in[start : start + self.batch_size])).exp()
-            for start in range(0, len(level_in), self.batch_size)
-        ])[:, LEVEL_INDEX["rootlet"]].cpu().numpy()  # fmt: skip
+        rootlet = (
+            torch.cat(
+                [
+                    self.rootlet.class_log_probs(
+                        self.rootlet(level_in[start : start + self.batch_size])
+                    ).exp()
+                    for start in range(0, len(level_in), self.batch_size)
+                ]
+            )[:, LEVEL_INDEX["rootlet"]]
+            .cpu()
+            .numpy()
+        )
         grade_in = level_in if self.grade_patch == self.patch else cut(self.grade_patch)
         if self.grade.hparams.series_reference:
             groups = np.zeros(len(images)) if series is None else np.asarray(series)
@@ -127,8 +160,13 @@ class Pipeline:
             "grade_probs_balanced": torch.cat(balanced).cpu().numpy(),
         }
 
-    def predict(self, images: Sequence[np.ndarray], boxes: np.ndarray | None = None,
-                pixel_mm: Sequence[float] | None = None, series: Sequence[Any] | None = None) -> list[Prediction]:  # fmt: skip
+    def predict(
+        self,
+        images: Sequence[np.ndarray],
+        boxes: np.ndarray | None = None,
+        pixel_mm: Sequence[float] | None = None,
+        series: Sequence[Any] | None = None,
+    ) -> list[Prediction]:
         """Chained predictions; pass ``boxes`` to classify given boxes instead of detected ones.
 
         ``pixel_mm`` (the images' pixel spacing) is needed when patches are cut at a fixed size in millimetres;

@@ -48,15 +48,25 @@ def worst_grade_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Per study and vertebral level: slices, rootlet slices, and the worst (most severe) predicted grade."""
     rank = {g: i for i, g in enumerate(GRADES)}
     rows = []
-    for (patient, series, level), part in frame.groupby(["patient", "series_instance_uid", "vertebral_level"],
-                                                        sort=False):  # fmt: skip
+    for (patient, series, level), part in frame.groupby(
+        ["patient", "series_instance_uid", "vertebral_level"], sort=False
+    ):
         graded = part[part["pred_grade"] != ""]
         worst = max(graded["pred_grade"], key=rank.__getitem__) if len(graded) else ""
-        rows.append({"patient": patient, "series_instance_uid": series, "vertebral_level": level,
-                     "level_source": part["level_source"].iloc[0], "slices": len(part),
-                     "rootlet_slices": int((part["pred_level"] == "rootlet").sum()), "worst_grade": worst,
-                     "worst_grade_slice": int(graded.loc[graded["pred_grade"] == worst, "slice_index"].iloc[0])
-                     if worst else -1})  # fmt: skip
+        rows.append(
+            {
+                "patient": patient,
+                "series_instance_uid": series,
+                "vertebral_level": level,
+                "level_source": part["level_source"].iloc[0],
+                "slices": len(part),
+                "rootlet_slices": int((part["pred_level"] == "rootlet").sum()),
+                "worst_grade": worst,
+                "worst_grade_slice": int(graded.loc[graded["pred_grade"] == worst, "slice_index"].iloc[0])
+                if worst
+                else -1,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -121,8 +131,10 @@ def predict(cfg: DictConfig, out: Path) -> pd.DataFrame:
         series = pd.DataFrame([d.as_dict() for d in decisions])
         atomic_write_text(out / "series.csv", series.to_csv(index=False))
         if images.empty:
-            raise DataContractError(f"nothing to grade under {source}: {len(index.images)} readable image(s), "
-                                    f"{len(index.skipped)} file(s) skipped, no axial series")  # fmt: skip
+            raise DataContractError(
+                f"nothing to grade under {source}: {len(index.images)} readable image(s), "
+                f"{len(index.skipped)} file(s) skipped, no axial series"
+            )
         for d in decisions:
             if d.chosen:
                 log.info(
@@ -163,8 +175,10 @@ def predict(cfg: DictConfig, out: Path) -> pd.DataFrame:
     atomic_write_text(out / "predictions.csv", predictions.to_csv(index=False))
     atomic_write_text(out / "summary.csv", worst_grade_summary(predictions).to_csv(index=False))
     n, seconds = (sum(v) for v in zip(*timings, strict=True))
-    log.info(f"{len(predictions)} images of {len(studies)} studies in {seconds:.1f}s "
-             f"({seconds / max(n, 1) * 40:.2f}s per 40 slices); outputs: {out}")  # fmt: skip
+    log.info(
+        f"{len(predictions)} images of {len(studies)} studies in {seconds:.1f}s "
+        f"({seconds / max(n, 1) * 40:.2f}s per 40 slices); outputs: {out}"
+    )
     return predictions
 
 

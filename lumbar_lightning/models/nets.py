@@ -24,8 +24,15 @@ class CanalVGG(nn.Module):
     (oneDNN's NHWC kernels vectorise over channels; `make bench` measures it) and the layout tensor cores want.
     """
 
-    def __init__(self, num_outputs: int, width: float = 1.0, in_channels: int = 1, batch_norm: bool = True,
-                 dropout: float = 0.0, channels_last: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        num_outputs: int,
+        width: float = 1.0,
+        in_channels: int = 1,
+        batch_norm: bool = True,
+        dropout: float = 0.0,
+        channels_last: bool = True,
+    ) -> None:
         super().__init__()
         self.channels_last = channels_last
         layers: list[nn.Module] = []

@@ -78,18 +78,37 @@ class StageModule(L.LightningModule):
 class CanalDetector(StageModule):
     """Faster R-CNN for the spinal canal box; its ``val/acc`` is the detection rate (top box IoU >= 0.5)."""
 
-    def __init__(self, backbone: str = "compact", image_size: int = 160, anchor_sizes: tuple[int, ...] = (8, 16, 32),
-                 rpn_pre_nms_top_n: int = 100, rpn_post_nms_top_n: int = 20, rpn_batch_size_per_image: int = 64,
-                 box_batch_size_per_image: int = 32, representation_size: int = 128, pretrained: str | None = None,
-                 channels_last: bool = True, roi_sampling_ratio: int = 2,
-                 optimizer: OptimizerFactory | None = None, scheduler: SchedulerFactory | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        backbone: str = "compact",
+        image_size: int = 160,
+        anchor_sizes: tuple[int, ...] = (8, 16, 32),
+        rpn_pre_nms_top_n: int = 100,
+        rpn_post_nms_top_n: int = 20,
+        rpn_batch_size_per_image: int = 64,
+        box_batch_size_per_image: int = 32,
+        representation_size: int = 128,
+        pretrained: str | None = None,
+        channels_last: bool = True,
+        roi_sampling_ratio: int = 2,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+    ) -> None:
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net = build_faster_rcnn(
-            backbone, image_size, tuple(anchor_sizes), rpn_pre_nms_top_n, rpn_post_nms_top_n,
-            rpn_batch_size_per_image, box_batch_size_per_image, 5, representation_size, pretrained,
+            backbone,
+            image_size,
+            tuple(anchor_sizes),
+            rpn_pre_nms_top_n,
+            rpn_post_nms_top_n,
+            rpn_batch_size_per_image,
+            box_batch_size_per_image,
+            5,
+            representation_size,
+            pretrained,
             roi_sampling_ratio,
-        )  # fmt: skip
+        )
         if channels_last:  # NHWC convolutions: ~10% faster on CPU for the compact backbone (see CanalVGG)
             self.net.to(memory_format=torch.channels_last)
         self.image_size = image_size
@@ -196,11 +215,20 @@ class PatchClassifier(StageModule):
 
     class_names: tuple[str, ...] = ()
 
-    def __init__(self, width: float = 1.0, batch_norm: bool = True, dropout: float = 0.0,
-                 class_prior: list[float] | None = None, prior_correction: bool = True, channels_last: bool = True,
-                 flip_tta: bool = False, series_reference: bool = False,
-                 optimizer: OptimizerFactory | None = None, scheduler: SchedulerFactory | None = None,
-                 arch: str = "vgg") -> None:  # fmt: skip
+    def __init__(
+        self,
+        width: float = 1.0,
+        batch_norm: bool = True,
+        dropout: float = 0.0,
+        class_prior: list[float] | None = None,
+        prior_correction: bool = True,
+        channels_last: bool = True,
+        flip_tta: bool = False,
+        series_reference: bool = False,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        arch: str = "vgg",
+    ) -> None:
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         # series_reference: a second input channel, the series' reference slice (PatchDataModule, Pipeline)

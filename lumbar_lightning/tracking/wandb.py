@@ -47,8 +47,14 @@ def wandb_run(cfg: DictConfig, name: str, save_dir: Path, job_type: str) -> Iter
     import wandb
 
     save_dir.mkdir(parents=True, exist_ok=True)
-    run = wandb.init(**settings, name=name, dir=str(save_dir), job_type=job_type, config=run_config(cfg),
-                     reinit="finish_previous")  # fmt: skip
+    run = wandb.init(
+        **settings,
+        name=name,
+        dir=str(save_dir),
+        job_type=job_type,
+        config=run_config(cfg),
+        reinit="finish_previous",
+    )
     try:
         yield run
     finally:

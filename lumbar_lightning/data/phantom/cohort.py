@@ -37,10 +37,28 @@ from lumbar_lightning.data.phantom.render import PatientAnatomy, SliceRenderer, 
 from lumbar_lightning.engine.numerics import numpy_numerics
 from lumbar_lightning.io import atomic_write_text
 
-LABEL_FIELDS = ["analyzer", "sop_instance_uid", "x_min", "y_min", "x_max", "y_max", "level", "grade",
-                "vertebral_level"]  # fmt: skip
-TRUTH_FIELDS = [*LABEL_FIELDS[1:], "severity", "severity_units", "dural_sac_area_mm2", "epidural_fat_mm",
-                "slice_z_mm", "conus_z_mm", "cord_radius_mm", "patient_index"]  # fmt: skip
+LABEL_FIELDS = [
+    "analyzer",
+    "sop_instance_uid",
+    "x_min",
+    "y_min",
+    "x_max",
+    "y_max",
+    "level",
+    "grade",
+    "vertebral_level",
+]
+TRUTH_FIELDS = [
+    *LABEL_FIELDS[1:],
+    "severity",
+    "severity_units",
+    "dural_sac_area_mm2",
+    "epidural_fat_mm",
+    "slice_z_mm",
+    "conus_z_mm",
+    "cord_radius_mm",
+    "patient_index",
+]
 
 
 @dataclass(frozen=True)

@@ -78,8 +78,10 @@ def samples_figure(root: Path | str, out_png: Path | str, per_row: int = 5, crop
                 ax.set_xlim(cx - half, cx + half)
                 ax.set_ylim(cy + half, cy - half)
                 calls = labels[labels["sop_instance_uid"] == row["sop_instance_uid"]]
-                said = " ".join(f"{a}:{g or 'cord' if lv == 'cord' else g}" for a, g, lv in
-                                zip(calls["analyzer"], calls["grade"], calls["level"], strict=True))  # fmt: skip
+                said = " ".join(
+                    f"{a}:{g or 'cord' if lv == 'cord' else g}"
+                    for a, g, lv in zip(calls["analyzer"], calls["grade"], calls["level"], strict=True)
+                )
                 ax.set_title(f"{row['vertebral_level']} {said}", fontsize=7)
             else:
                 ax.set_title(f"{row['vertebral_level']} (full slice)", fontsize=7)

@@ -1,4 +1,5 @@
-"""Declared dependencies match what the package imports: nothing used and undeclared, nothing declared and unused."""
+"""House rules a reviewer should not have to check by eye: declared dependencies match what the package imports
+(nothing used and undeclared, nothing declared and unused), and the formatter owns the layout."""
 
 from __future__ import annotations
 
@@ -58,3 +59,16 @@ def test_every_imported_distribution_is_declared() -> None:
 def test_every_declared_dependency_is_used() -> None:
     unused = declared() - set(imported_distributions()) - set(LOADED_NOT_IMPORTED)
     assert not unused, f"declared in pyproject.toml but never imported: {sorted(unused)}"
+
+
+def test_the_formatter_owns_the_layout() -> None:
+    """No ``# fmt: skip`` / ``# fmt: off`` without a reason written after it on the same line."""
+    bare = re.compile(r"#\s*fmt:\s*(skip|off)\s*$")
+    found = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for folder in ("lumbar_lightning", "tests", "tools")
+        for path in (ROOT / folder).rglob("*.py")
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if bare.search(line)
+    ]
+    assert not found, f"formatter switched off without a reason: {found}"
