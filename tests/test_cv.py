@@ -180,6 +180,7 @@ def test_wandb_offline_runs_are_one_per_rater_stage_fold(tiny_cv: Path) -> None:
     assert any(k.startswith("study/grade") for k in summary_keys)
 
 
+@pytest.mark.slow  # make test-full: lumbar-compare's statistics are tested on known cases in test_statistics; 22 s
 def test_compare_two_runs(tiny_cv: Path, tiny_phantom: Path, tmp_path: Path) -> None:
     """Run B: Classifier2 alone with another seed; compared with run A's C1 and C2 on the common images."""
     import subprocess
@@ -377,6 +378,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow  # make test-full: 16 s
 def test_seeds_run_the_cv_once_per_seed_and_report_the_spread(tiny_phantom: Path, tmp_path: Path) -> None:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(

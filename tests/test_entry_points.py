@@ -114,6 +114,7 @@ def _ckpt_epochs(fold: Path, stage: str) -> int:
     return int(torch.load(fold / "checkpoints" / stage / "last.ckpt", weights_only=True)["epoch"]) + 1
 
 
+@pytest.mark.slow  # make test-full: debug presets compose in test_configs, debug=fdr trains in test_train_cli; 18 s
 def test_cv_debug_fdr(tiny_phantom: Path, tmp_path: Path) -> None:
     """fast_dev_run saves no checkpoint: each rater's fold trains its own detector instead of copying none."""
     run = tmp_path / "cv"
@@ -125,7 +126,7 @@ def test_cv_debug_fdr(tiny_phantom: Path, tmp_path: Path) -> None:
         assert json.loads((run / rater / "fold_0" / "metrics.json").read_text())["detector"]["epochs"] == 0
 
 
-@pytest.mark.slow  # make test-full: debug=fdr covers the debug presets in make test; 25 s
+@pytest.mark.slow  # make test-full: debug presets compose in test_configs, debug=fdr trains in test_train_cli; 25 s
 def test_cv_debug_limit(tiny_phantom: Path, tmp_path: Path) -> None:
     run = tmp_path / "cv"
     _cv(tiny_phantom, run, "debug=limit")

@@ -123,6 +123,7 @@ def test_known_levels_are_used_and_an_ensemble_of_equal_folds_equals_one(
     assert (ensemble["level_source"] == "labels").all()
 
 
+@pytest.mark.slow  # make test-full: 19 s
 def test_a_checkpoint_from_another_model_config_is_refused_clearly(
     prediction: dict, tiny_run: Path, tmp_path: Path
 ) -> None:

@@ -26,13 +26,10 @@ from lumbar_lightning.engine.fold import prepare_data, run_fold
 from lumbar_lightning.engine.objective import fold_line
 from lumbar_lightning.evaluation.report import write_cv_report, write_seeds_report
 from lumbar_lightning.io import atomic_write_text
+from lumbar_lightning.layout import RunLayout
 from lumbar_lightning.tracking.wandb import log_summary_run, wandb_settings
 
 log = logging.getLogger("lumbar_lightning")
-
-
-def fold_dirs(root: Path, raters: list[str], folds: list[int]) -> dict[tuple[str, int], Path]:
-    return {(r, k): root / r / f"fold_{k}" for r in raters for k in folds}
 
 
 Job = list[tuple[str, int, Path]]  # (rater, fold, folder) run in order in one process
@@ -43,7 +40,8 @@ def _run_job(cfg: DictConfig, job: Job, tracking: Path) -> list[tuple[str, int, 
     trained (earlier in this job, or in an earlier run of this folder) is reloaded, not trained again."""
     results = []
     for rater, fold, out in job:
-        for sibling in sorted(out.parent.parent.glob(f"*/fold_{fold}")):
+        siblings = [f.dir for f in RunLayout(out.parent.parent).folds() if f.fold == fold]
+        for sibling in siblings:
             if sibling != out and share_detector(cfg, sibling, out):
                 break
         results.append((rater, fold, run_fold(cfg, fold, rater, out, tracking_dir=tracking)))
@@ -87,11 +85,14 @@ def plan_jobs(cfg: DictConfig, root: Path, raters: list[str], folds: list[int]) 
     """The (rater, fold) runs not done yet, grouped into jobs: with a consensus detector, one job per fold runs
     its raters one after the other so the detector is trained once per fold; otherwise one job per run."""
     todo: dict[int, Job] = {}
-    for (rater, fold), out in fold_dirs(root, raters, folds).items():
-        if (out / "metrics.json").exists():
-            log.info(f"fold {fold} rater {rater}: already done, skipped")
-        else:
-            todo.setdefault(fold, []).append((rater, fold, out))
+    run = RunLayout(root)
+    for rater in raters:
+        for fold in folds:
+            out = run.fold(rater, fold)
+            if out.metrics.exists():
+                log.info(f"fold {fold} rater {rater}: already done, skipped")
+            else:
+                todo.setdefault(fold, []).append((rater, fold, out.dir))
     if consensus_detector(cfg):
         return [todo[k] for k in sorted(todo)]
     return [[run] for rater in raters for k in sorted(todo) for run in todo[k] if run[0] == rater]
@@ -109,7 +110,7 @@ def cross_validate(cfg: DictConfig, root: Path) -> dict[str, Any]:
         per_seed = {}
         for seed in cfg.seeds:
             seed_cfg = OmegaConf.merge(cfg, {"seed": int(seed), "seeds": None})
-            per_seed[int(seed)] = cross_validate(seed_cfg, root / f"seed_{int(seed)}")
+            per_seed[int(seed)] = cross_validate(seed_cfg, RunLayout(root).seed(int(seed)).root)
         summary = write_seeds_report(
             root, per_seed, title=f"lumbar-lightning over seeds: {cfg.experiment_name}"
         )
@@ -121,6 +122,7 @@ def cross_validate(cfg: DictConfig, root: Path) -> dict[str, Any]:
                 )
         log.info(f"report: {root / 'seeds_report.md'}")
         return summary
+    run = RunLayout(root)
     raters = list(cfg.cv.raters)
     folds = list(cfg.cv.folds) if cfg.cv.get("folds") is not None else list(range(cfg.data.num_folds))
     jobs = plan_jobs(cfg, root, raters, folds)
@@ -128,7 +130,7 @@ def cross_validate(cfg: DictConfig, root: Path) -> dict[str, Any]:
     start = time.perf_counter()
     if workers == 1:
         for job in jobs:
-            for rater, fold, metrics in _run_job(cfg, job, root / "logs"):
+            for rater, fold, metrics in _run_job(cfg, job, run.logs):
                 log.info(f"fold {fold} rater {rater}: {fold_line(metrics)}")
     else:
         prepare_data(cfg)  # generate and ingest once, before the workers read the cache
@@ -147,14 +149,12 @@ def cross_validate(cfg: DictConfig, root: Path) -> dict[str, Any]:
         with ProcessPoolExecutor(
             workers, mp_context=context, initializer=end_with_parent, initargs=(os.getpid(),)
         ) as pool:
-            futures = [
-                pool.submit(_run_job_in_worker, values, job, str(root / "logs"), threads) for job in jobs
-            ]
+            futures = [pool.submit(_run_job_in_worker, values, job, str(run.logs), threads) for job in jobs]
             for future in as_completed(futures):
                 for rater, fold, metrics in future.result():
                     log.info(f"fold {fold} rater {rater}: {fold_line(metrics)}")
     atomic_write_text(
-        root / "timing.json",
+        run.timing,
         json.dumps(
             {
                 "seconds": time.perf_counter() - start,
@@ -176,7 +176,7 @@ def cross_validate(cfg: DictConfig, root: Path) -> dict[str, Any]:
             log.info(
                 f"{task} {pair}: {100 * row['accuracy']:.1f}% (macro F1 {100 * row['f1_macro']:.1f}, n={row['n']})"
             )
-    log.info(f"report: {root / 'report.md'}")
+    log.info(f"report: {run.report}")
     if wandb_settings(cfg) is not None:
-        log.info(f"W&B offline runs: {root / 'logs' / 'wandb'} (upload later with `wandb sync`)")
+        log.info(f"W&B offline runs: {run.logs / 'wandb'} (upload later with `wandb sync`)")
     return summary

@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from lumbar_lightning.data.labels import CONSENSUS
 from lumbar_lightning.io import atomic_copy
+from lumbar_lightning.layout import FoldLayout
 
 
 def consensus_detector(cfg: DictConfig) -> bool:
@@ -28,13 +29,13 @@ def share_detector(cfg: DictConfig, trained: Path, out_dir: Path) -> bool:
     """Give the fold in ``out_dir`` the finished consensus detector of the same fold in ``trained`` (another
     rater's fold folder), so ``run_fold`` reloads it instead of training the same network again. The copy is
     what training would give: the consensus detector depends on neither rater's labels. Returns whether shared."""
-    src, dst = Path(trained) / "checkpoints" / "detector", Path(out_dir) / "checkpoints" / "detector"
+    src, dst = FoldLayout(trained), FoldLayout(out_dir)
     # A fit that saves no checkpoint (fast_dev_run) leaves nothing to share: each rater's fold trains its own.
-    if not consensus_detector(cfg) or not (src / "done.json").exists() or not (src / "best.ckpt").exists():
+    if not consensus_detector(cfg) or not src.done("detector").exists() or not src.best("detector").exists():
         return False
-    if (dst / "done.json").exists():
+    if dst.done("detector").exists():
         return True
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in ("best.ckpt", "done.json"):  # done.json last: it marks the stage finished
-        atomic_copy(src / name, dst / name)
+    dst.stage_dir("detector").mkdir(parents=True, exist_ok=True)
+    atomic_copy(src.best("detector"), dst.best("detector"))
+    atomic_copy(src.done("detector"), dst.done("detector"))  # last: it marks the stage finished
     return True

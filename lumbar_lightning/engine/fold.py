@@ -18,7 +18,6 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lumbar_lightning.callbacks.rng import RngState
 from lumbar_lightning.data.datamodules import PatchDataModule, SliceDataModule, load_dataset
 from lumbar_lightning.data.dataset import LumbarDataset
 from lumbar_lightning.data.transforms import PatchGeometry
@@ -28,6 +27,7 @@ from lumbar_lightning.evaluation.chained import chained_metrics
 from lumbar_lightning.inference.labelled import baseline_grades, predict_test_images
 from lumbar_lightning.inference.pipeline import Pipeline, load_stage_weights
 from lumbar_lightning.io import atomic_write_text
+from lumbar_lightning.layout import FoldLayout
 from lumbar_lightning.models.stages import (
     CanalDetector,
     GradeClassifier,
@@ -90,46 +90,47 @@ def _trainer(
     Test: one process on the same accelerator, so test metrics are computed once, in this process, on every
     test image (a distributed sampler would pad the test set with repeats).
     """
-    ckpt_dir = out_dir / "checkpoints" / stage
+    # The stage's own values for the fields a callback config leaves as ??? (the checkpoint folder, the metric).
+    runtime = {"dirpath": str(FoldLayout(out_dir).stage_dir(stage)), "monitor": monitor}
     callbacks = [
-        L.pytorch.callbacks.ModelCheckpoint(
-            dirpath=ckpt_dir, filename="best", monitor=monitor, mode="max", enable_version_counter=False
-        ),
-        # Every epoch, improved or not (``save_last`` only copies when the best improves): what a resume needs.
-        L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False),
-        RngState(),
+        hydra.utils.instantiate(
+            cb_cfg,
+            **{k: v for k, v in runtime.items() if OmegaConf.is_missing(cb_cfg, k)},
+        )
+        for cb_cfg in (cfg.get("callbacks") or {}).values()
+        if cb_cfg is not None and "_target_" in cb_cfg
     ]
-    for cb_cfg in (cfg.get("callbacks") or {}).values():
-        if cb_cfg is not None and "_target_" in cb_cfg:
-            callbacks.append(hydra.utils.instantiate(cb_cfg))
     loggers: list[Any] = []
     for lg_cfg in (cfg.get("logger") or {}).values():
         if lg_cfg is not None and "_target_" in lg_cfg:
             # W&B runs of a whole CV share one folder (``tracking_dir``); file loggers stay with their fold.
-            save_dir = tracking_dir if "Wandb" in lg_cfg._target_ else out_dir / "logs"
+            save_dir = tracking_dir if "Wandb" in lg_cfg._target_ else FoldLayout(out_dir).logs
             # W&B reads the git commit from its folder, and warns "git root ... does not exist" when it is missing
             save_dir.mkdir(parents=True, exist_ok=True)
             # _convert_="all": plain dicts (W&B ignores a DictConfig ``settings``)
             loggers.append(
                 hydra.utils.instantiate(lg_cfg, save_dir=str(save_dir), name=run_name, _convert_="all")
             )
-    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    kwargs.update(OmegaConf.to_container(stage_cfg.trainer, resolve=True) if stage_cfg.get("trainer") else {})
+    # trainer: (cpu, gpu, ddp, ...), then the stage's own entries (epochs), then debug=...'s
+    node = OmegaConf.to_container(cfg.trainer, resolve=True)
+    node.update(OmegaConf.to_container(stage_cfg.trainer, resolve=True) if stage_cfg.get("trainer") else {})
     if cfg.get("debug_trainer"):
-        kwargs.update(OmegaConf.to_container(cfg.debug_trainer, resolve=True))
-    kwargs.pop("_target_", None)
-    if isinstance(kwargs.get("profiler"), dict):  # debug=profiler: one report folder per stage of the fold
-        kwargs["profiler"] = hydra.utils.instantiate(
-            kwargs["profiler"], dirpath=str(out_dir / "profiles" / stage)
+        node.update(OmegaConf.to_container(cfg.debug_trainer, resolve=True))
+    extra: dict[str, Any] = {}
+    if isinstance(
+        node.get("profiler"), dict
+    ):  # debug=profiler: one report folder per stage, shared by fit and test
+        extra["profiler"] = hydra.utils.instantiate(
+            node.pop("profiler"), dirpath=str(FoldLayout(out_dir).profiles(stage))
         )
     for lg in loggers:  # the whole run config and environment, not only the module's hyperparameters
         lg.log_hyperparams({"run": run_config(cfg), "stage": stage, "environment": fingerprint()})
-    common = {"logger": loggers or False, "default_root_dir": str(out_dir)}
-    fit = L.Trainer(**kwargs, callbacks=callbacks, **common)
-    test_kwargs = {
-        k: v for k, v in kwargs.items() if k not in ("devices", "strategy", "sync_batchnorm", "num_nodes")
+    common = {"logger": loggers or False, "default_root_dir": str(out_dir), **extra}
+    fit = hydra.utils.instantiate(node, callbacks=callbacks, **common)
+    test_node = {
+        k: v for k, v in node.items() if k not in ("devices", "strategy", "sync_batchnorm", "num_nodes")
     }
-    test = L.Trainer(**test_kwargs, devices=1, **common)
+    test = hydra.utils.instantiate(test_node, devices=1, **common)
     return fit, test
 
 
@@ -147,12 +148,12 @@ def _fit_stage(
     Resumable: a stage that finished before (``done.json``) is reloaded, not retrained; one that was cut off
     continues from its ``last.ckpt`` (model, optimiser, scheduler, RNG and epoch) to the same result.
     """
-    ckpt_dir = out_dir / "checkpoints" / stage
-    if (ckpt_dir / "done.json").exists() and (ckpt_dir / "best.ckpt").exists():
-        load_stage_weights(module, ckpt_dir / "best.ckpt")
+    layout = FoldLayout(out_dir)
+    if layout.done(stage).exists() and layout.best(stage).exists():
+        load_stage_weights(module, layout.best(stage))
         log.info(f"{run_name}: finished in an earlier run, reloaded")
-        return json.loads((ckpt_dir / "done.json").read_text())
-    resume = ckpt_dir / "last.ckpt" if (ckpt_dir / "last.ckpt").exists() else None
+        return json.loads(layout.done(stage).read_text())
+    resume = layout.last(stage) if layout.last(stage).exists() else None
     if resume is not None:
         try:
             torch.load(resume, map_location="cpu", weights_only=True)
@@ -169,9 +170,9 @@ def _fit_stage(
     fit_seconds = time.perf_counter() - start
     # Under ddp_spawn the fit ran in other processes, and a fit resumed from a last.ckpt of its final epoch logs
     # nothing: the best validation value is read from the checkpoint, never from in-process state.
-    best_val, epochs = _checkpoint_progress(ckpt_dir / "last.ckpt")
-    if (ckpt_dir / "best.ckpt").exists():
-        load_stage_weights(module, ckpt_dir / "best.ckpt")
+    best_val, epochs = _checkpoint_progress(layout.last(stage))
+    if layout.best(stage).exists():
+        load_stage_weights(module, layout.best(stage))
     _reload_csv_columns(tester)
     best_val_metrics: dict[str, float] = {}
     if isinstance(module, PatchClassifier):  # validation F1 at the chosen checkpoint: what sweeps optimise
@@ -188,8 +189,8 @@ def _fit_stage(
             tester, metrics["test/confmat"], list(module.class_names), f"{run_name} test (rater boxes)"
         )
     finish_active_run()
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(ckpt_dir / "done.json", json.dumps(metrics, default=float))
+    layout.stage_dir(stage).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(layout.done(stage), json.dumps(metrics, default=float))
     return metrics
 
 
@@ -213,6 +214,22 @@ def _checkpoint_progress(path: Path) -> tuple[float, int]:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     best = ckpt["state_dict"].get("val_best.max_value")
     return (float("nan") if best is None else float(best)), int(ckpt.get("epoch", -1)) + 1
+
+
+def patch_datamodule(
+    cfg: DictConfig, stage: str, fold: int, rater: str, series_reference: bool = False
+) -> PatchDataModule:
+    """The data of a patch stage (rootlet, grade, baseline) for one fold and rater, all of it from the config:
+    ``data`` (split, batches, augmentation) with the stage's own ``model.<stage>`` entries (patch, sampling)."""
+    stage_cfg = cfg.model[stage]
+    return PatchDataModule(
+        task="rootlet" if stage == "rootlet" else "grade",
+        patch=stage_geometry(cfg, stage),
+        balanced=stage_cfg.balanced,
+        samples_per_epoch=stage_cfg.get("samples_per_epoch"),
+        series_reference=series_reference,
+        **_data_kwargs(cfg, fold, rater, stage_cfg),
+    )
 
 
 def stage_geometry(cfg: DictConfig, stage: str) -> PatchGeometry:
@@ -245,7 +262,8 @@ def run_fold(
     W&B runs go to ``tracking_dir`` (default: the fold's ``logs/``).
     """
     out_dir = Path(out_dir)
-    tracking_dir = Path(tracking_dir) if tracking_dir else out_dir / "logs"
+    layout = FoldLayout(out_dir)
+    tracking_dir = Path(tracking_dir) if tracking_dir else layout.logs
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     cfg = OmegaConf.merge(cfg, {"data": {"rater": rater, "fold": fold}})  # what loggers record is this run
@@ -253,7 +271,7 @@ def run_fold(
         torch.set_num_threads(int(cfg.threads))
     dataset = prepare_data(cfg)
     folds = dataset.folds(cfg.data.num_folds, cfg.data.split_seed)
-    folds.to_csv(out_dir / "folds.csv")
+    folds.to_csv(layout.folds)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     modules = build_modules(cfg)
     detector: CanalDetector = modules["detector"]  # type: ignore[assignment]
@@ -278,16 +296,7 @@ def run_fold(
     metrics["detector"]["boxes"] = box_rater
     for stage in patch_stages:
         module = modules[stage]
-        stage_cfg = cfg.model[stage]
-        task = "rootlet" if stage == "rootlet" else "grade"
-        dm = PatchDataModule(
-            task=task,
-            patch=geometry[stage],
-            balanced=stage_cfg.balanced,
-            samples_per_epoch=stage_cfg.get("samples_per_epoch"),
-            series_reference=module.hparams.series_reference,
-            **_data_kwargs(cfg, fold, rater, stage_cfg),
-        )
+        dm = patch_datamodule(cfg, stage, fold, rater, module.hparams.series_reference)
         dm.setup()
         module.set_class_prior(dm.class_counts("train"))
         metrics[stage] = {
@@ -312,13 +321,13 @@ def run_fold(
             geometry["baseline"],  # type: ignore[arg-type]
             cfg.data.eval_batch_size,
         )
-    atomic_write_text(out_dir / "predictions.csv", predictions.to_csv(index=False))
+    atomic_write_text(layout.predictions, predictions.to_csv(index=False))
     metrics["rootlet"]["chained"], metrics["grade"]["chained"] = chained_metrics(predictions, rater)
     metrics["grade"]["chained_balanced"] = chained_metrics(predictions, rater, balanced=True)[1]
     metrics["seconds"] = round(time.perf_counter() - start, 1)
     metrics["environment"] = fingerprint()  # what the numbers depend on (make reproduce compares it)
     log_pipeline_run(cfg, f"{rater}-pipeline-fold{fold}", tracking_dir, metrics, predictions)
-    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, default=float))
+    atomic_write_text(layout.metrics, json.dumps(metrics, indent=2, default=float))
     return metrics
 
 
@@ -334,5 +343,5 @@ def write_pipeline_spec(
         "rater": str(cfg.data.rater),
         "fold": int(cfg.data.fold),
     }
-    atomic_write_text(out_dir / "pipeline.json", json.dumps(spec, indent=2, default=str))
-    atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(FoldLayout(out_dir).pipeline, json.dumps(spec, indent=2, default=str))
+    atomic_write_text(FoldLayout(out_dir).config, OmegaConf.to_yaml(cfg, resolve=True))

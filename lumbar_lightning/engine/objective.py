@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lumbar_lightning.engine.fold import run_fold
 from lumbar_lightning.io import atomic_write_text
+from lumbar_lightning.layout import FoldLayout, RunLayout
 from lumbar_lightning.tracking.wandb import wandb_settings
 
 log = logging.getLogger("lumbar_lightning")
@@ -41,12 +42,14 @@ def train_for_objective(cfg: DictConfig, root: Path) -> float:
     folds = list(cfg.objective.folds) if cfg.objective.get("folds") is not None else [int(cfg.data.fold)]
     values = {}
     for fold in folds:
-        out = Path(root) / cfg.data.rater / f"fold_{fold}"
+        out = RunLayout(root).fold(str(cfg.data.rater), int(fold)).dir
         metrics = run_fold(cfg, int(fold), str(cfg.data.rater), out)
         log.info(f"fold {fold} rater {cfg.data.rater}: {fold_line(metrics)}")
         log.info(f"outputs: {out}")
         if wandb_settings(cfg) is not None:
-            log.info(f"W&B runs: {out / 'logs' / 'wandb'} (offline ones upload later with `wandb sync`)")
+            log.info(
+                f"W&B runs: {FoldLayout(out).logs / 'wandb'} (offline ones upload later with `wandb sync`)"
+            )
         values[int(fold)] = objective_value(metrics, cfg.objective.metric)
     value = float(np.mean(list(values.values())))
     atomic_write_text(
@@ -82,14 +85,9 @@ def best_trial(sweep_dir: Path, maximize: bool = True) -> dict[str, Any] | None:
         trials, key=lambda t: (-t[0] if maximize else t[0], int(t[1].name) if t[1].name.isdigit() else 0)
     )
     value, job = order[0]
-    overrides = (
-        OmegaConf.load(job / ".hydra" / "overrides.yaml")
-        if (job / ".hydra" / "overrides.yaml").exists()
-        else []
-    )
-    config = (
-        OmegaConf.load(job / ".hydra" / "config.yaml") if (job / ".hydra" / "config.yaml").exists() else {}
-    )
+    saved = RunLayout(job)
+    overrides = OmegaConf.load(saved.hydra_overrides) if saved.hydra_overrides.exists() else []
+    config = OmegaConf.load(saved.hydra_config) if saved.hydra_config.exists() else {}
     return {
         "job": job.name,
         "value": value,

@@ -34,6 +34,7 @@ from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.engine.fold import run_fold
 from lumbar_lightning.engine.numerics import differing_fields, fingerprint
 from lumbar_lightning.io import atomic_write_text
+from lumbar_lightning.layout import FoldLayout, RunLayout
 
 #: Fields that describe the machine and the environment, not the result (the environment is compared on its own).
 NOT_COMPARED = frozenset({"seconds", "fit_seconds", "environment"})
@@ -103,7 +104,7 @@ def reference_file(reference: Path, rater: str, fold: int) -> Path:
     candidates = [
         reference,
         reference / rater / f"fold_{fold}.json",
-        reference / rater / f"fold_{fold}" / "metrics.json",
+        RunLayout(reference).fold(rater, fold).metrics,
     ]
     for c in candidates:
         if c.is_file():
@@ -113,8 +114,8 @@ def reference_file(reference: Path, rater: str, fold: int) -> Path:
 
 def _fold_metrics(run_dir: Path) -> dict[tuple[str, int], dict[str, Any]]:
     return {
-        (m.parent.parent.name, int(m.parent.name.removeprefix("fold_"))): json.loads(m.read_text())
-        for m in sorted(Path(run_dir).glob("*/fold_*/metrics.json"))
+        (f.rater, int(f.fold)): json.loads(f.metrics.read_text())
+        for f in RunLayout(run_dir).folds(having="metrics")
     }
 
 
@@ -133,7 +134,7 @@ def record_reference(run_dir: Path, reference: Path) -> int:
 
 
 def _run_seed(run_dir: Path) -> int | None:
-    config = Path(run_dir) / ".hydra" / "config.yaml"
+    config = RunLayout(run_dir).hydra_config
     return int(OmegaConf.load(config).seed) if config.is_file() else None
 
 
@@ -206,7 +207,7 @@ def reproduce(cfg: DictConfig, root: Path) -> list[str]:
     expected = json.loads(reference_file(reference, rater, fold).read_text())
     recorded_env = reference / ENVIRONMENT_FILE
     environment = json.loads(recorded_env.read_text()) if recorded_env.is_file() else {}
-    out = Path(root) / rater / f"fold_{fold}"
+    out = RunLayout(root).fold(rater, fold).dir
     metrics = run_fold(cfg, fold, rater, out)
     changed = differing_fields(environment, metrics.get("environment", fingerprint()))
     actual = json.loads(json.dumps(comparable(metrics), default=float))  # as the recorded JSON holds it
@@ -227,7 +228,7 @@ def reproduce(cfg: DictConfig, root: Path) -> list[str]:
             log.error(f"  {line}")
     elif changed and tolerance is not None:
         moved = len(diff_metrics(comparable(expected), actual))
-        where = out / "metrics.json"
+        where = FoldLayout(out).metrics
         log.info(
             f"fold {fold} rater {rater}: within the seed-to-seed spread of {reference} ({moved} moved; {where})"
         )

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lumbar_lightning.layout import RunLayout
+
 #: The generalisation issue's bars, per cohort and classifier.
 BARS = {"f1_macro": 0.80, "rootlet_truth": 0.97, "detection_rate": 0.97}
 
@@ -22,7 +24,7 @@ def _raters(grade: dict[str, Any]) -> list[str]:
 def cohort_rows(run_dir: Path | str) -> list[dict[str, Any]]:
     """One row per classifier k of a run: the pipeline's and the baseline's figures against the truth and rater k,
     the raters' own agreement and gross errors, and whether each bar is met."""
-    summary = json.loads((Path(run_dir) / "cv_summary.json").read_text())
+    summary = json.loads(RunLayout(run_dir).summary.read_text())
     grade, rootlet = summary["grade"], summary["rootlet"]
     raters = _raters(grade)
     inter = grade[f"{raters[0]}-{raters[1]}"]["accuracy"] if len(raters) > 1 else float("nan")

@@ -27,6 +27,7 @@ from lumbar_lightning.evaluation.report import write_cv_report
 from lumbar_lightning.inference.ensemble import Ensemble, fold_dirs, load_fold_pipeline
 from lumbar_lightning.inference.labelled import predict_test_images
 from lumbar_lightning.io import atomic_write_text
+from lumbar_lightning.layout import RunLayout
 from lumbar_lightning.tracking.wandb import log_summary_run
 
 log = logging.getLogger("lumbar_lightning")
@@ -35,7 +36,7 @@ EXTERNAL_FOLD = "external"
 
 def trained_raters(run_dir: Path) -> list[str]:
     """The raters whose classifiers a run folder holds (``<rater>/fold_<k>/pipeline.json``)."""
-    return sorted({p.parent.parent.name for p in Path(run_dir).glob("*/fold_*/pipeline.json")})
+    return sorted({f.rater for f in RunLayout(run_dir).folds(having="pipeline")})
 
 
 def detection(predictions: pd.DataFrame, dataset: Any) -> dict[str, float]:
@@ -65,7 +66,7 @@ def evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
         log.info(f"classifier of {rater}: an ensemble of {len(folds)} fold(s) on {len(patients)} patient(s)")
         gt_boxes = rater in dataset.labels.raters  # the gt-box path needs this rater's boxes in the data set
         predictions = predict_test_images(ensemble, dataset, patients, EXTERNAL_FOLD, rater, gt_boxes)  # type: ignore[arg-type]
-        target = out / rater / f"fold_{EXTERNAL_FOLD}" / "predictions.csv"
+        target = RunLayout(out).fold(rater, EXTERNAL_FOLD).predictions
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(target, predictions.to_csv(index=False))
         detections[rater] = detection(predictions, dataset)

@@ -14,12 +14,13 @@ import numpy as np
 
 from lumbar_lightning.evaluation.study import PAPER
 from lumbar_lightning.io import atomic_write_text
+from lumbar_lightning.layout import RunLayout
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
 def results_block(run_dir: Path) -> str:
-    summary = json.loads((run_dir / "cv_summary.json").read_text())
+    summary = json.loads(RunLayout(run_dir).summary.read_text())
     lines = [BEGIN, "", f"Recorded from `{run_dir.name}` ({summary['images']} test images).", ""]
     for task in ("rootlet", "grade"):
         lines += [
@@ -40,7 +41,7 @@ def results_block(run_dir: Path) -> str:
             f"- {rater}: {m['seconds']['mean']:.0f} s per fold on average over {m['seconds']['n_folds']} folds; "
             f"detection rate {100 * m['detection_rate']['mean']:.1f} ± {100 * m['detection_rate']['std']:.1f}%"
         )
-    timing = run_dir / "timing.json"
+    timing = RunLayout(run_dir).timing
     if timing.exists():
         lines.append(f"- wall time of the whole run: {json.loads(timing.read_text())['seconds']:.0f} s")
     lines += ["", END]

@@ -14,6 +14,7 @@ from lumbar_lightning.evaluation.figures import confusion_grid, failure_grid, wo
 from lumbar_lightning.evaluation.statistics import fold_summary
 from lumbar_lightning.evaluation.study import PAPER, load_cv_predictions, load_fold_predictions, study_tables
 from lumbar_lightning.io import atomic_write_text
+from lumbar_lightning.layout import RunLayout
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,8 +39,9 @@ SUMMARY_KEYS = (
 def per_fold_metrics(root: Path) -> dict[str, dict[str, dict[str, float]]]:
     """Mean and spread across folds of each rater's chained metrics (from every fold's metrics.json)."""
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for rater_dir in sorted(p for p in root.iterdir() if p.is_dir() and any(p.glob("fold_*/metrics.json"))):
-        folds = [json.loads(f.read_text()) for f in sorted(rater_dir.glob("fold_*/metrics.json"))]
+    finished = RunLayout(root).folds(having="metrics")
+    for rater in sorted({f.rater for f in finished}):
+        folds = [json.loads(f.metrics.read_text()) for f in finished if f.rater == rater]
         series = {
             "detection_rate": [m["detector"].get("test/acc", np.nan) for m in folds],
             "detection_iou": [m["detector"].get("test/iou", np.nan) for m in folds],
@@ -50,9 +52,7 @@ def per_fold_metrics(root: Path) -> dict[str, dict[str, dict[str, float]]]:
             "grade_f1_macro_balanced": [m["grade"]["chained_balanced"]["f1_macro"] for m in folds],
             "seconds": [m.get("seconds", np.nan) for m in folds],
         }
-        out[rater_dir.name] = {
-            k: {**fold_summary(v), "values": [float(x) for x in v]} for k, v in series.items()
-        }
+        out[rater] = {k: {**fold_summary(v), "values": [float(x) for x in v]} for k, v in series.items()}
     return out
 
 
@@ -241,7 +241,7 @@ def write_cv_report(
             ].to_dict("records")
         ]
         if len(cases):
-            failure_grid(cases, image_of, root / "figures" / "worst_cases.png")
+            failure_grid(cases, image_of, RunLayout(root).figures / "worst_cases.png")
             appendix = (
                 "\n## Worst cases\n\nThe chained pipeline's most confident wrong grades (errors of two grades or more "
                 "first), against the truth where the data set has one, else the classifier's own rater.\n\n"
@@ -255,11 +255,11 @@ def write_cv_report(
             summary[task],
             pairs,
             f"{task}: reference reader on rows",
-            root / "figures" / f"confusion_{task}.png",
+            RunLayout(root).figures / f"confusion_{task}.png",
         )
-    atomic_write_text(root / "cv_summary.json", json.dumps(summary, indent=2, default=float))
+    atomic_write_text(RunLayout(root).summary, json.dumps(summary, indent=2, default=float))
     report = render_report(summary, title or f"lumbar-lightning cross-validation: {root.name}")
-    atomic_write_text(root / "report.md", report + appendix)
+    atomic_write_text(RunLayout(root).report, report + appendix)
     return summary
 
 

@@ -18,6 +18,7 @@ from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.data.labels import GRADES
 from lumbar_lightning.evaluation.agreement import agreement, severity
 from lumbar_lightning.evaluation.statistics import bootstrap_ci, paired_ttest
+from lumbar_lightning.layout import RunLayout
 
 TASK_CLASSES = {"rootlet": ["cord", "rootlet"], "grade": list(GRADES)}
 #: Won et al.: accuracy and F1 (%) per pair and task, and each rater's grade distribution.
@@ -48,7 +49,7 @@ def _is_baseline(name: str) -> bool:
 def load_fold_predictions(root: Path | str) -> pd.DataFrame:
     """Every fold's ``predictions.csv`` of a run, as strings: one row per tested image and classifier."""
     root = Path(root)
-    files = sorted(root.glob("*/fold_*/predictions.csv"))
+    files = [f.predictions for f in RunLayout(root).folds(having="predictions")]
     if not files:
         raise DataContractError(
             f"no */fold_*/predictions.csv under {root}: is it a finished lumbar-cv run folder?"

@@ -17,6 +17,7 @@ import torch
 from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.data.transforms import PatchGeometry
 from lumbar_lightning.inference.pipeline import Pipeline, Prediction, load_stage_weights
+from lumbar_lightning.layout import FoldLayout, RunLayout
 from lumbar_lightning.models.stages import CanalDetector, GradeClassifier, RootletClassifier, StageModule
 
 #: The only classes a run folder may name.
@@ -34,12 +35,11 @@ _RUNTIME_HPARAMS = {"class_prior", "pretrained"}
 def fold_dirs(run_dir: Path, rater: str, fold: int | None) -> list[Path]:
     """A fold folder itself, or the fold folders of a ``lumbar-cv``/``lumbar-train`` run folder for ``rater``."""
     run_dir = Path(run_dir)
-    if (run_dir / "pipeline.json").is_file():
+    if FoldLayout(run_dir).pipeline.is_file():
         return [run_dir]
-    found = sorted(
-        run_dir.glob(f"{rater}/fold_*/pipeline.json"), key=lambda p: int(p.parent.name.split("_")[1])
-    )
-    dirs = [p.parent for p in found if fold is None or p.parent.name == f"fold_{fold}"]
+    trained = RunLayout(run_dir).folds(rater, having="pipeline")
+    trained.sort(key=lambda f: int(f.fold))  # by fold number: the order the ensemble averages in
+    dirs = [f.dir for f in trained if fold is None or f.fold == int(fold)]
     if not dirs:
         what = f"fold {fold} of rater {rater}" if fold is not None else f"any fold of rater {rater}"
         raise DataContractError(
@@ -50,16 +50,17 @@ def fold_dirs(run_dir: Path, rater: str, fold: int | None) -> list[Path]:
 
 def load_fold_pipeline(fold_dir: Path, device: str = "cpu", batch_size: int | None = None) -> Pipeline:
     """The three stages of one trained fold, from ``pipeline.json`` and the best checkpoints."""
-    spec = json.loads((fold_dir / "pipeline.json").read_text())
+    layout = FoldLayout(fold_dir)
+    spec = json.loads(layout.pipeline.read_text())
     modules: dict[str, StageModule] = {}
     for stage, cls in STAGE_CLASSES.items():
         recorded = spec["stages"][stage]
         if recorded["class"] != cls.__name__:
             raise DataContractError(
-                f"{fold_dir / 'pipeline.json'}: stage {stage} is a {recorded['class']!r}; "
+                f"{layout.pipeline}: stage {stage} is a {recorded['class']!r}; "
                 f"only {cls.__name__} is accepted"
             )
-        ckpt_path = fold_dir / "checkpoints" / stage / "best.ckpt"
+        ckpt_path = layout.best(stage)
         if not ckpt_path.is_file():
             raise DataContractError(f"{ckpt_path}: checkpoint missing")
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)

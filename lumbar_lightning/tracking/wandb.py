@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from lumbar_lightning.data.labels import GRADES, LEVEL_INDEX
+from lumbar_lightning.layout import RunLayout
 
 if TYPE_CHECKING:
     import lightning as L
@@ -167,7 +168,11 @@ def log_summary_run(cfg: DictConfig, root: Path, summary: dict[str, Any]) -> Non
             ]
             run.log({f"study/{task}": wandb.Table(columns=columns, data=rows)})
             run.log(
-                {f"figures/confusion_{task}": wandb.Image(str(root / "figures" / f"confusion_{task}.png"))}
+                {
+                    f"figures/confusion_{task}": wandb.Image(
+                        str(RunLayout(root).figures / f"confusion_{task}.png")
+                    )
+                }
             )
             run.summary.update(
                 {f"{task}/{pair}/accuracy": r["accuracy"] for pair, r in summary[task].items()}
