@@ -1,7 +1,7 @@
 """lumbar-lightning: three-stage lumbar spinal stenosis grading on axial T2 MRI."""
 
 # First, before numpy, torch or cv2 are imported anywhere: results depend on the lock file, not on the CPU.
-from lumbar_lightning.engine.numerics import pin as _pin_numerics
+from lumbar_lightning.numerics import pin as _pin_numerics
 
 _pin_numerics()
 

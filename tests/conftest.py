@@ -12,7 +12,7 @@ import lumbar_lightning  # noqa: F401  (first: pins numerics before numpy and to
 import numpy as np
 import pytest
 
-from lumbar_lightning.data.dicom_writer import SeriesInfo, deterministic_uid, write_mr_slice
+from lumbar_lightning.data.dicom.writer import SeriesInfo, deterministic_uid, write_mr_slice
 
 LABEL_HEADER = [
     "analyzer",

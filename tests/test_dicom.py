@@ -9,7 +9,10 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from lumbar_lightning.data.dicom import ImageCache, decode_pixels, pseudonymise, read_image, scan_dicom
+from lumbar_lightning.data.dicom.cache import ImageCache
+from lumbar_lightning.data.dicom.headers import pseudonymise
+from lumbar_lightning.data.dicom.pixels import decode_pixels, read_image
+from lumbar_lightning.data.dicom.scan import scan_dicom
 
 MR_VARIANTS = [
     "MR_small.dcm",

@@ -16,8 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lumbar_lightning.data.dataset import LumbarDataset
-from lumbar_lightning.data.dicom import ImageCache, read_images, scan_dicom
-from lumbar_lightning.data.dicom_writer import (
+from lumbar_lightning.data.dicom.cache import ImageCache
+from lumbar_lightning.data.dicom.pixels import read_images
+from lumbar_lightning.data.dicom.scan import scan_dicom
+from lumbar_lightning.data.dicom.writer import (
     SeriesInfo,
     deterministic_uid,
     write_enhanced_mr,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lumbar_lightning.engine.numerics import PINNED_ENV, differing_fields, fingerprint
+from lumbar_lightning.numerics import PINNED_ENV, differing_fields, fingerprint
 
 #: What an AVX2-only machine's libraries would pick, forced on this one from outside.
 AVX2_MACHINE = {
@@ -84,7 +84,7 @@ def test_differing_fields_names_each_part() -> None:
 
 
 def test_an_unknown_mode_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lumbar_lightning.engine.numerics import mode
+    from lumbar_lightning.numerics import mode
 
     monkeypatch.setenv("LUMBAR_NUMERICS", "fastest")
     with pytest.raises(ValueError, match="LUMBAR_NUMERICS"):

@@ -13,7 +13,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from lumbar_lightning.data.dicom_writer import deterministic_uid
+from lumbar_lightning.data.dicom.writer import deterministic_uid
 from lumbar_lightning.data.labels import GRADES
 
 

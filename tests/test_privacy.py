@@ -13,7 +13,7 @@ from conftest import TINY_CV
 from hydra import compose, initialize_config_dir
 
 from lumbar_lightning.conf import CONF_DIR
-from lumbar_lightning.data.dicom import pseudonymise
+from lumbar_lightning.data.dicom.headers import pseudonymise
 from lumbar_lightning.data.phantom.cohort import PhantomCohort, PhantomConfig
 from lumbar_lightning.engine.cross_validation import cross_validate
 

@@ -14,8 +14,9 @@ from lumbar_lightning.cli import CONF_PATH
 
 @hydra.main(config_path=CONF_PATH, config_name="numerics", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from lumbar_lightning.engine.numerics import fingerprint, layer_hashes
+    from lumbar_lightning.engine.layer_hashes import layer_hashes
     from lumbar_lightning.io import atomic_write_text
+    from lumbar_lightning.numerics import fingerprint
 
     with tempfile.TemporaryDirectory() as tmp:
         hashes = layer_hashes(tmp)

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lumbar_lightning.data.dicom import DicomIndex, ImageCache, SkippedFile, scan_dicom
+from lumbar_lightning.data.dicom.cache import ImageCache
+from lumbar_lightning.data.dicom.scan import DicomIndex, SkippedFile, scan_dicom
 from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.data.folds import StratifiedPatientFolds, stratum
 from lumbar_lightning.data.labels import GRADES, LabelTable, load_labels

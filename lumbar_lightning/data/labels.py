@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from lumbar_lightning.data.dicom import image_key
+from lumbar_lightning.data.dicom.headers import image_key
 from lumbar_lightning.data.errors import DataContractError
 
 GRADES = ("A", "B", "C", "D")

@@ -1,1 +1,1 @@
-"""The engine: what every run goes through (numerics, run layout, folds, cross-validation)."""
+"""The engine: what every run goes through (one fold, cross-validation, detector sharing, sweeps, reproduction)."""

@@ -8,7 +8,7 @@ Sections: (1) compute efficiency: training images/s per stage at the demo and pa
 a plain PyTorch loop, same model, data and steps; (3) data path: the demo training DataLoader vs the model's
 consumption, and the cache vs a naive ``pydicom.dcmread`` per item; (4) inference: ``Pipeline`` latency per
 40-slice study, peak RSS; (5) phantom generation and ingestion; (6) numerics: the demo's training steps with
-pinned vs native numerics (``engine.numerics``), in fresh processes; (7) GPU: fp32 vs bf16 autocast, channels_last,
+pinned vs native numerics (``lumbar_lightning.numerics``), in fresh processes; (7) GPU: fp32 vs bf16 autocast, channels_last,
 only when CUDA is present.
 
 ``lumbar-bench [small=true] [record=README]`` prints the table and writes ``bench.json``.
@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lumbar_lightning.data.datamodules import item_seed
 from lumbar_lightning.data.dataset import LumbarDataset
-from lumbar_lightning.data.dicom import decode_pixels, normalise
+from lumbar_lightning.data.dicom.pixels import decode_pixels, normalise
 from lumbar_lightning.data.phantom.cohort import PhantomCohort, PhantomConfig
 from lumbar_lightning.models.stages import CanalDetector, PatchClassifier, StageModule
 

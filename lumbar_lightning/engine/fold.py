@@ -18,11 +18,10 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lumbar_lightning.data.datamodules import PatchDataModule, SliceDataModule, load_dataset
+from lumbar_lightning.data.datamodules import load_dataset
 from lumbar_lightning.data.dataset import LumbarDataset
 from lumbar_lightning.data.transforms import PatchGeometry
 from lumbar_lightning.engine.detector_sharing import detector_rater
-from lumbar_lightning.engine.numerics import fingerprint
 from lumbar_lightning.evaluation.chained import chained_metrics
 from lumbar_lightning.inference.labelled import baseline_grades, predict_test_images
 from lumbar_lightning.inference.pipeline import Pipeline, load_stage_weights
@@ -35,6 +34,7 @@ from lumbar_lightning.models.stages import (
     RootletClassifier,
     StageModule,
 )
+from lumbar_lightning.numerics import fingerprint
 from lumbar_lightning.tracking.wandb import (
     finish_active_run,
     log_confusion,
@@ -57,7 +57,9 @@ def prepare_data(cfg: DictConfig) -> LumbarDataset:
     return load_dataset(data_dir, cfg.data.get("cache_dir"), cfg.data.pseudonym_salt)
 
 
-def _data_kwargs(cfg: DictConfig, fold: int, rater: str, stage_cfg: DictConfig) -> dict[str, Any]:
+def shared_data_arguments(cfg: DictConfig, fold: int, rater: str) -> dict[str, Any]:
+    """What every stage's datamodule takes from ``data`` (the data set, its split, loaders, augmentation) and the
+    run (fold, rater, seed); the stage's own arguments are in its ``model.<stage>.datamodule`` node."""
     d = cfg.data
     return {
         "data_dir": d.data_dir,
@@ -67,7 +69,6 @@ def _data_kwargs(cfg: DictConfig, fold: int, rater: str, stage_cfg: DictConfig) 
         "fold": fold,
         "num_folds": d.num_folds,
         "split_seed": d.split_seed,
-        "batch_size": stage_cfg.batch_size,
         "eval_batch_size": d.eval_batch_size,
         "num_workers": d.num_workers,
         "augment": OmegaConf.to_container(d.augment, resolve=True),
@@ -218,17 +219,22 @@ def _checkpoint_progress(path: Path) -> tuple[float, int]:
 
 def patch_datamodule(
     cfg: DictConfig, stage: str, fold: int, rater: str, series_reference: bool = False
-) -> PatchDataModule:
-    """The data of a patch stage (rootlet, grade, baseline) for one fold and rater, all of it from the config:
-    ``data`` (split, batches, augmentation) with the stage's own ``model.<stage>`` entries (patch, sampling)."""
-    stage_cfg = cfg.model[stage]
-    return PatchDataModule(
-        task="rootlet" if stage == "rootlet" else "grade",
+) -> L.LightningDataModule:
+    """The data of a patch stage (rootlet, grade, baseline) for one fold and rater, built by Hydra from
+    ``model.<stage>.datamodule`` (its class, batches, sampling) with ``data``'s shared arguments and the stage's
+    patch geometry."""
+    return hydra.utils.instantiate(
+        cfg.model[stage].datamodule,
         patch=stage_geometry(cfg, stage),
-        balanced=stage_cfg.balanced,
-        samples_per_epoch=stage_cfg.get("samples_per_epoch"),
         series_reference=series_reference,
-        **_data_kwargs(cfg, fold, rater, stage_cfg),
+        **shared_data_arguments(cfg, fold, rater),
+    )
+
+
+def detector_datamodule(cfg: DictConfig, fold: int, rater: str, image_size: int) -> L.LightningDataModule:
+    """The detector's slices for one fold (``rater``'s boxes, or the consensus), from ``model.detector.datamodule``."""
+    return hydra.utils.instantiate(
+        cfg.model.detector.datamodule, image_size=image_size, **shared_data_arguments(cfg, fold, rater)
     )
 
 
@@ -283,11 +289,7 @@ def run_fold(
 
     metrics: dict[str, Any] = {"fold": fold, "rater": rater}
     box_rater = detector_rater(cfg, rater)
-    det_dm = SliceDataModule(
-        image_size=detector.image_size,
-        balance=cfg.model.detector.get("balance", 0.0),
-        **_data_kwargs(cfg, fold, box_rater, cfg.model.detector),
-    )
+    det_dm = detector_datamodule(cfg, fold, box_rater, detector.image_size)
     det_dm.setup()
     metrics["splits"] = det_dm.describe()
     metrics["detector"] = _fit_stage(

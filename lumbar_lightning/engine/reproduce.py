@@ -1,6 +1,6 @@
 """Reproduction (``lumbar-reproduce``, ``make reproduce FOLD=k``): train one fold again and compare it with the recorded reference.
 
-Pinned numerics (``lumbar_lightning.engine.numerics``) make a fold's numbers a function of the locked
+Pinned numerics (``lumbar_lightning.numerics``) make a fold's numbers a function of the locked
 environment, so the comparison depends on the environment fingerprints:
 
 - the ``numerics`` parts match (packages, Python, numerics mode, kernel capabilities, threads): bit for bit;
@@ -32,9 +32,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.engine.fold import run_fold
-from lumbar_lightning.engine.numerics import differing_fields, fingerprint
 from lumbar_lightning.io import atomic_write_text
 from lumbar_lightning.layout import FoldLayout, RunLayout
+from lumbar_lightning.numerics import differing_fields, fingerprint
 
 #: Fields that describe the machine and the environment, not the result (the environment is compared on its own).
 NOT_COMPARED = frozenset({"seconds", "fit_seconds", "environment"})

@@ -22,7 +22,8 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from lumbar_lightning.data.dicom import ImageCache, scan_dicom
+from lumbar_lightning.data.dicom.cache import ImageCache
+from lumbar_lightning.data.dicom.scan import scan_dicom
 from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.data.labels import GRADES
 from lumbar_lightning.data.series import select_series

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from lumbar_lightning.data.dicom_writer import SeriesInfo, deterministic_uid, write_mr_slice
+from lumbar_lightning.data.dicom.writer import SeriesInfo, deterministic_uid, write_mr_slice
 from lumbar_lightning.data.phantom.latent import (
     DISC_LEVELS,
     GRADES,
@@ -34,8 +34,8 @@ from lumbar_lightning.data.phantom.latent import (
     severity_units,
 )
 from lumbar_lightning.data.phantom.render import PatientAnatomy, SliceRenderer, SliceSpec
-from lumbar_lightning.engine.numerics import numpy_numerics
 from lumbar_lightning.io import atomic_write_text
+from lumbar_lightning.numerics import numpy_numerics
 
 LABEL_FIELDS = [
     "analyzer",

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from lumbar_lightning.data.phantom.cohort import PhantomCohort, PhantomConfig
 from lumbar_lightning.data.phantom.samples import samples_figure
 from lumbar_lightning.data.phantom.site import SiteCohort, SiteConfig
-from lumbar_lightning.engine.numerics import numpy_numerics
+from lumbar_lightning.numerics import numpy_numerics
 
 log = logging.getLogger("lumbar_lightning.phantom")
 

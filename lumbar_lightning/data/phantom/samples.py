@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pydicom
 
-from lumbar_lightning.data.dicom import decode_pixels, iter_files
+from lumbar_lightning.data.dicom.pixels import decode_pixels
+from lumbar_lightning.data.dicom.scan import iter_files
 
 ROWS = (("cord", "cord"), ("A", "grade A"), ("B", "grade B"), ("C", "grade C"), ("D", "grade D"))
 RATER_COLOURS = {"A1": "#ff4040", "A2": "#40a0ff"}

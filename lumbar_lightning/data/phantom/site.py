@@ -32,10 +32,10 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage, RLELossless
 from scipy.ndimage import zoom
 
-from lumbar_lightning.data.dicom_writer import deterministic_uid
+from lumbar_lightning.data.dicom.writer import deterministic_uid
 from lumbar_lightning.data.phantom.cohort import LABEL_FIELDS, write_patients
-from lumbar_lightning.engine.numerics import numpy_numerics
 from lumbar_lightning.io import atomic_write_text
+from lumbar_lightning.numerics import numpy_numerics
 
 GRADES = ("A", "B", "C", "D")
 DISCS = ("T12/L1", "L1/L2", "L2/L3", "L3/L4", "L4/L5", "L5/S1")
