@@ -13,18 +13,9 @@ import numpy as np
 import pytest
 
 from lumbar_lightning.data.dicom.writer import SeriesInfo, deterministic_uid, write_mr_slice
+from lumbar_lightning.data.labels import CSV_COLUMNS
 
-LABEL_HEADER = [
-    "analyzer",
-    "sop_instance_uid",
-    "x_min",
-    "y_min",
-    "x_max",
-    "y_max",
-    "level",
-    "grade",
-    "vertebral_level",
-]
+LABEL_HEADER = list(CSV_COLUMNS)
 
 
 def write_tiny_dataset(

@@ -86,6 +86,22 @@ def test_killed_mid_stage_then_resumed_equals_uninterrupted(tiny_phantom: Path, 
         assert torch.equal(tensor, got_last["state_dict"][name]), name
 
 
+def _reproduce(data: Path, reference: Path, run_dir: Path) -> subprocess.CompletedProcess[str]:
+    """`lumbar-reproduce` of the tiny fold 0 against ``reference``, in a process of its own."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "lumbar_lightning.cli.reproduce",
+        f"data_dir={data}",
+        "logger=none",
+        f"reference={reference}",
+        f"hydra.run.dir={run_dir}",
+        "threads=1",
+        *TINY_CV,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
 def test_make_reproduce_finds_no_difference_for_a_recorded_fold(
     tiny_run: Path, tiny_phantom: Path, tmp_path: Path
 ) -> None:
@@ -96,18 +112,7 @@ def test_make_reproduce_finds_no_difference_for_a_recorded_fold(
     assert record_reference(tiny_run, reference) == 1
     recorded = json.loads((reference / "A1" / "fold_0.json").read_text())
     assert "seconds" not in recorded and "fit_seconds" not in recorded["grade"]["gt_box"]
-    cmd = [
-        sys.executable,
-        "-m",
-        "lumbar_lightning.cli.reproduce",
-        f"data_dir={tiny_phantom}",
-        "logger=none",
-        f"reference={reference}",
-        f"hydra.run.dir={tmp_path / 'again'}",
-        "threads=1",
-        *TINY_CV,
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    result = _reproduce(tiny_phantom, reference, tmp_path / "again")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "fold 0 rater A1: identical to" in result.stdout + result.stderr
 
@@ -257,18 +262,7 @@ def test_reproduce_names_the_changed_environment_and_fails_outside_the_spread(
     (reference / SPREAD_FILE).write_text(json.dumps({"values": {"A1": spread}}))
     fold["grade"]["chained"]["accuracy"] = accuracy + 0.5  # far outside a 0.01 seed-to-seed spread
     (reference / "A1" / "fold_0.json").write_text(json.dumps(fold))
-    cmd = [
-        sys.executable,
-        "-m",
-        "lumbar_lightning.cli.reproduce",
-        f"data_dir={tiny_phantom}",
-        "logger=none",
-        f"reference={reference}",
-        f"hydra.run.dir={tmp_path / 'again'}",
-        "threads=1",
-        *TINY_CV,
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    result = _reproduce(tiny_phantom, reference, tmp_path / "again")
     log = result.stdout + result.stderr
     assert result.returncode == 1, log[-3000:]
     assert "the environment differs from the reference's in: packages/numpy" in log

@@ -19,7 +19,9 @@ LEVELS = ("rootlet", "cord")
 LEVEL_INDEX = {"cord": 0, "rootlet": 1}
 BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
 REQUIRED_COLUMNS = ("analyzer", "sop_instance_uid", *BOX_COLUMNS, "level", "grade")
-LABEL_COLUMNS = [*REQUIRED_COLUMNS, "vertebral_level", "line"]
+#: The labels CSV as the data contract writes it (the phantoms and tests write exactly these columns).
+CSV_COLUMNS = [*REQUIRED_COLUMNS, "vertebral_level"]
+LABEL_COLUMNS = [*CSV_COLUMNS, "line"]
 #: The pseudo-rater whose canal box on an image is the mean of every rater's box there: what a rater-neutral
 #: detector learns (the study's detector "trains the bounding boxes labeled by experts"), so one detector per fold
 #: serves Classifier1 and Classifier2 alike.

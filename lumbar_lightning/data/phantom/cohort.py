@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from lumbar_lightning.data.dicom.writer import SeriesInfo, deterministic_uid, write_mr_slice
+from lumbar_lightning.data.labels import CSV_COLUMNS
 from lumbar_lightning.data.phantom.latent import (
     DISC_LEVELS,
     GRADES,
@@ -37,17 +38,7 @@ from lumbar_lightning.data.phantom.render import PatientAnatomy, SliceRenderer, 
 from lumbar_lightning.io import atomic_write_text
 from lumbar_lightning.numerics import numpy_numerics
 
-LABEL_FIELDS = [
-    "analyzer",
-    "sop_instance_uid",
-    "x_min",
-    "y_min",
-    "x_max",
-    "y_max",
-    "level",
-    "grade",
-    "vertebral_level",
-]
+LABEL_FIELDS = CSV_COLUMNS
 TRUTH_FIELDS = [
     *LABEL_FIELDS[1:],
     "severity",
