@@ -166,6 +166,39 @@ def test_pipeline_chains_stages_on_a_hand_built_case() -> None:
     np.testing.assert_allclose(given[0].box, [0, 0, 10, 10])
 
 
+def test_trainer_predict_serves_each_stage_as_the_pipeline_chains_it() -> None:
+    """Every stage has predict_step, and Trainer.predict returns what the pipeline uses."""
+    detector = _FixedDetector(image_size=64)
+    grader = GradeClassifier(width=0.125, prior_correction=True)
+    grader.net = _FixedLogits()
+    grader.set_class_prior(np.array([70, 10, 10, 10]))
+    rootlet = RootletClassifier(width=0.125)
+    rootlet.net = _MeanLogit()
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+
+    def loader(batch: dict) -> torch.utils.data.DataLoader:  # one batch, as it is
+        return torch.utils.data.DataLoader([batch], batch_size=None, collate_fn=lambda b: b)
+
+    images = [torch.rand(1, 64, 64) for _ in range(3)]
+    (top,) = trainer.predict(detector, dataloaders=loader({"image": images}))
+    np.testing.assert_allclose(top["boxes"].numpy(), [[8, 16, 24, 32]] * 3)
+    patches = torch.cat([torch.ones(1, 1, 16, 16), torch.zeros(1, 1, 16, 16)])
+    (graded,) = trainer.predict(grader, dataloaders=loader({"image": patches}))
+    (levels,) = trainer.predict(rootlet, dataloaders=loader({"image": patches}))
+    pipe = Pipeline(detector, rootlet, grader, PatchGeometry(16, margin=0.0))
+    chained = pipe.classify([p[0].numpy() for p in patches], np.array([[0, 0, 16, 16]] * 2, np.float32))
+    np.testing.assert_allclose(graded["probs"].numpy(), chained["grade_probs"], rtol=1e-6)
+    np.testing.assert_allclose(graded["probs_balanced"].numpy(), chained["grade_probs_balanced"], rtol=1e-6)
+    np.testing.assert_allclose(levels["probs"][:, 1].numpy(), chained["rootlet_prob"], rtol=1e-6)
+    assert (
+        levels["probs"][0, 1] > 0.99 and levels["probs"][1, 1] < 0.01
+    )  # bright patch rootlet, dark one cord
+    corrected = np.array([0.7, np.e * 0.1, 0.1, 0.1]) / (0.7 + np.e * 0.1 + 0.2)
+    np.testing.assert_allclose(graded["probs"][0].numpy(), corrected, rtol=1e-5)
+
+
 class _LeftMinusRight(nn.Module):
     """Logits that see only left-right asymmetry: mirror images get opposite logits."""
 

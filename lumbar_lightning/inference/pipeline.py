@@ -100,7 +100,8 @@ class Pipeline:
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
             inputs = [torch.from_numpy(resize_image(im, size))[None].to(self.device) for im in chunk]
-            b, s = self.detector.predict_top_box(inputs)
+            top = self.detector.predict_step({"image": inputs})
+            b, s = top["boxes"], top["scores"]
             for im, box in zip(chunk, b.cpu().numpy(), strict=True):
                 boxes.append(scale_boxes(box, (size, size), im.shape[:2]))
             scores.append(s.cpu().numpy())
@@ -135,9 +136,7 @@ class Pipeline:
         rootlet = (
             torch.cat(
                 [
-                    self.rootlet.class_log_probs(
-                        self.rootlet(level_in[start : start + self.batch_size])
-                    ).exp()
+                    self.rootlet.predict_step({"image": level_in[start : start + self.batch_size]})["probs"]
                     for start in range(0, len(level_in), self.batch_size)
                 ]
             )[:, LEVEL_INDEX["rootlet"]]
@@ -151,9 +150,9 @@ class Pipeline:
             grade_in = torch.cat([grade_in, cut(self.grade_patch, refs, scale=boxes)], dim=1)
         corrected, balanced = [], []
         for start in range(0, len(grade_in), self.batch_size):
-            logits = self.grade(grade_in[start : start + self.batch_size])
-            corrected.append(self.grade.class_log_probs(logits).exp())
-            balanced.append(self.grade.class_log_probs(logits, adjust=False).exp())
+            probs = self.grade.predict_step({"image": grade_in[start : start + self.batch_size]})
+            corrected.append(probs["probs"])
+            balanced.append(probs["probs_balanced"])
         return {
             "rootlet_prob": rootlet,
             "grade_probs": torch.cat(corrected).cpu().numpy(),

@@ -143,6 +143,12 @@ class CanalDetector(StageModule):
                 scores.append(torch.tensor(0.0))
         return torch.stack(boxes), torch.stack(scores)
 
+    def predict_step(self, batch: dict[str, Any], batch_idx: int = 0) -> dict[str, torch.Tensor]:
+        """The top box per image (detector-input pixels) and its score: what ``Trainer.predict`` returns and
+        the pipeline chains on (``Pipeline.detect`` calls this)."""
+        boxes, scores = self.predict_top_box(batch["image"])
+        return {"boxes": boxes, "scores": scores}
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         targets = [
             {"boxes": b, "labels": torch.ones(len(b), dtype=torch.int64, device=b.device)}
@@ -296,6 +302,15 @@ class PatchClassifier(StageModule):
 
     def logits_to_log_probs(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(logits, dim=-1)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int = 0) -> dict[str, torch.Tensor]:
+        """Class probabilities with the training prior added back where configured (``probs``) and without
+        (``probs_balanced``): what ``Trainer.predict`` returns and the pipeline uses (``Pipeline.classify``)."""
+        logits = self(batch["image"])
+        return {
+            "probs": self.class_log_probs(logits).exp(),
+            "probs_balanced": self.class_log_probs(logits, adjust=False).exp(),
+        }
 
     def _step(self, batch: dict[str, Any], split: str) -> torch.Tensor:
         logits = self(batch["image"])
