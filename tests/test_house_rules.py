@@ -72,3 +72,61 @@ def test_the_formatter_owns_the_layout() -> None:
         if bare.search(line)
     ]
     assert not found, f"formatter switched off without a reason: {found}"
+
+
+def _architecture_rows() -> dict[str, str]:
+    """room -> its row of docs/architecture.md's table."""
+    rows = {}
+    for line in (ROOT / "docs" / "architecture.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = cells[1]
+    return rows
+
+
+def test_the_architecture_doc_matches_the_code() -> None:
+    """docs/architecture.md names every room and every module in it, and only what exists."""
+    package = ROOT / "lumbar_lightning"
+    rows = _architecture_rows()
+    rooms = {
+        p.name + ("/" if p.is_dir() else "")
+        for p in package.iterdir()
+        if (p.is_dir() and (p / "__init__.py").exists()) or (p.suffix == ".py" and p.name != "__init__.py")
+    }
+    assert set(rows) == rooms, f"rooms in the doc {sorted(rows)} vs the package {sorted(rooms)}"
+    for room, row in rows.items():
+        if not room.endswith("/") or room in ("cli/", "conf/"):  # cli/: one file per console script (below)
+            continue
+        named = set(re.findall(r"`([\w/]+\.py|\w+/)`", row))
+        for name in named:
+            assert (package / room / name).exists(), (
+                f"docs/architecture.md names {room}{name}, which is not there"
+            )
+        modules = {p.name for p in (package / room).glob("*.py") if p.name != "__init__.py"}
+        modules |= {
+            p.name + "/" for p in (package / room).iterdir() if p.is_dir() and (p / "__init__.py").exists()
+        }
+        assert modules <= named, (
+            f"{room} holds {sorted(modules - named)}, which docs/architecture.md does not name"
+        )
+
+
+def test_every_console_script_is_a_thin_cli_app_and_the_bottom_imports_nothing_above() -> None:
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    for name, target in scripts.items():
+        module, func = target.split(":")
+        assert (
+            module == f"lumbar_lightning.cli.{name.removeprefix('lumbar-').replace('-', '_')}"
+            and func == "main"
+        )
+        assert (ROOT / (module.replace(".", "/") + ".py")).exists(), target
+    cli_files = {p.stem for p in (ROOT / "lumbar_lightning" / "cli").glob("*.py")} - {"__init__"}
+    assert cli_files == {n.removeprefix("lumbar-").replace("-", "_") for n in scripts}
+    for bottom in ("layout.py", "numerics.py", "io.py"):
+        tree = ast.parse((ROOT / "lumbar_lightning" / bottom).read_text())
+        inner = [
+            n
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("lumbar_lightning")
+        ]
+        assert not inner, f"{bottom} imports the package, so it cannot sit at the bottom"
