@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +33,22 @@ def test_intensity_baseline_is_cross_validated_by_patient(tiny_phantom: Path, tm
 
 
 @pytest.mark.slow  # make test-full: make bench runs every section itself; 50 s
-def test_bench_smoke_reports_every_section_as_numbers() -> None:
-    """`make bench` in miniature: every figure present and positive, ratios consistent, targets judged."""
-    from lumbar_lightning.engine.bench import TARGETS, markdown_block, run
+def test_bench_smoke_reports_every_section_as_numbers(tmp_path: Path) -> None:
+    """`make bench` in miniature, through its console app: every figure present and positive, ratios consistent,
+    targets judged."""
+    from lumbar_lightning.engine.bench import TARGETS, markdown_block
 
-    out = run(small=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "lumbar_lightning.cli.bench",
+        "small=true",
+        f"out={tmp_path / 'bench.json'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads((tmp_path / "bench.json").read_text())
     for preset in ("demo", "paper"):
         for stage in ("detector", "rootlet", "grade"):
             for what in ("train_images_per_s", "gflop_per_image", "efficiency"):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -152,6 +154,16 @@ def test_cohort_rows_check_every_bar(tmp_path: Path) -> None:
     assert c1["baseline"]["truth"] == 0.90 and c1["inter_rater"] == 0.89
     table = cohort_table({"site": tmp_path})
     assert "| site | C1 pipeline | 94.0 | 91.0 |" in table and "| site | B1 baseline | 90.0 |" in table
+    cli = [
+        sys.executable,
+        "-m",
+        "lumbar_lightning.cli.cohorts",
+        f"runs={{site: '{tmp_path}'}}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    result = subprocess.run(cli, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == table.strip()  # lumbar-cohorts prints the same table
 
 
 def test_the_seed_spread_table_is_written_from_spread_json(tmp_path: Path) -> None:

@@ -88,11 +88,15 @@ def ab_rounds(
 def preset(experiment: str) -> Any:
     """The composed config of an experiment (its real model, patch and batch settings)."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
     from lumbar_lightning.conf import CONF_DIR
 
+    overrides = [f"experiment={experiment}", "logger=none"]
+    if GlobalHydra.instance().is_initialized():  # inside lumbar-bench: the app's own config tree
+        return compose(config_name="train", overrides=overrides)
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=[f"experiment={experiment}", "logger=none"])
+        return compose(config_name="train", overrides=overrides)
 
 
 def stage_inputs(cfg: Any, stage: str, module: StageModule, batch: int | None = None) -> dict[str, Any]:
