@@ -109,6 +109,14 @@ class RunLayout:
     def figures(self) -> Path:
         return self.root / "figures"
 
+    def confusion_figure(self, task: str) -> Path:
+        """The confusion matrices of every pair of one task (``rootlet`` or ``grade``)."""
+        return self.figures / f"confusion_{task}.png"
+
+    @property
+    def worst_cases(self) -> Path:
+        return self.figures / "worst_cases.png"
+
     @property
     def summary(self) -> Path:
         return self.root / "cv_summary.json"
@@ -120,6 +128,20 @@ class RunLayout:
     @property
     def timing(self) -> Path:
         return self.root / "timing.json"
+
+    @property
+    def seeds_summary(self) -> Path:
+        """Under ``seeds=[...]``: every pair as mean and spread over the seeds' runs (``seed_<s>/``)."""
+        return self.root / "seeds_summary.json"
+
+    @property
+    def seeds_report(self) -> Path:
+        return self.root / "seeds_report.md"
+
+    @property
+    def objective(self) -> Path:
+        """What ``lumbar-train`` returned to a sweeper (one per sweep job)."""
+        return self.root / "objective.json"
 
     @property
     def hydra_config(self) -> Path:

@@ -39,3 +39,13 @@ def test_fold_paths_are_where_runs_and_predict_find_them(tmp_path: Path) -> None
         "predictions.csv",
     )
     assert RunLayout(tmp_path).seed(2).summary == tmp_path / "seed_2" / "cv_summary.json"
+    run = RunLayout(tmp_path)
+    assert run.confusion_figure("grade") == tmp_path / "figures" / "confusion_grade.png"
+    assert (
+        str(RunLayout(Path()).confusion_figure("rootlet")) == "figures/confusion_rootlet.png"
+    )  # report links
+    assert (run.seeds_report.name, run.seeds_summary.name, run.objective.name) == (
+        "seeds_report.md",
+        "seeds_summary.json",
+        "objective.json",
+    )

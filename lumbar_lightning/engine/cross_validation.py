@@ -85,10 +85,10 @@ def plan_jobs(cfg: DictConfig, root: Path, raters: list[str], folds: list[int]) 
     """The (rater, fold) runs not done yet, grouped into jobs: with a consensus detector, one job per fold runs
     its raters one after the other so the detector is trained once per fold; otherwise one job per run."""
     todo: dict[int, Job] = {}
-    run = RunLayout(root)
+    layout = RunLayout(root)
     for rater in raters:
         for fold in folds:
-            out = run.fold(rater, fold)
+            out = layout.fold(rater, fold)
             if out.metrics.exists():
                 log.info(f"fold {fold} rater {rater}: already done, skipped")
             else:
@@ -106,11 +106,12 @@ def cross_validate(cfg: DictConfig, root: Path) -> dict[str, Any]:
     seeds, since one draw cannot tell 91.5 from 91.8.
     """
     root = Path(root)
+    run = RunLayout(root)
     if cfg.get("seeds"):
         per_seed = {}
         for seed in cfg.seeds:
             seed_cfg = OmegaConf.merge(cfg, {"seed": int(seed), "seeds": None})
-            per_seed[int(seed)] = cross_validate(seed_cfg, RunLayout(root).seed(int(seed)).root)
+            per_seed[int(seed)] = cross_validate(seed_cfg, run.seed(int(seed)).root)
         summary = write_seeds_report(
             root, per_seed, title=f"lumbar-lightning over seeds: {cfg.experiment_name}"
         )
@@ -120,9 +121,8 @@ def cross_validate(cfg: DictConfig, root: Path) -> dict[str, Any]:
                 log.info(
                     f"{task} {pair} over seeds {list(per_seed)}: {100 * acc['mean']:.1f} +- {100 * acc['std']:.1f}%"
                 )
-        log.info(f"report: {root / 'seeds_report.md'}")
+        log.info(f"report: {run.seeds_report}")
         return summary
-    run = RunLayout(root)
     raters = list(cfg.cv.raters)
     folds = list(cfg.cv.folds) if cfg.cv.get("folds") is not None else list(range(cfg.data.num_folds))
     jobs = plan_jobs(cfg, root, raters, folds)

@@ -91,8 +91,9 @@ def _trainer(
     Test: one process on the same accelerator, so test metrics are computed once, in this process, on every
     test image (a distributed sampler would pad the test set with repeats).
     """
+    layout = FoldLayout(out_dir)
     # The stage's own values for the fields a callback config leaves as ??? (the checkpoint folder, the metric).
-    runtime = {"dirpath": str(FoldLayout(out_dir).stage_dir(stage)), "monitor": monitor}
+    runtime = {"dirpath": str(layout.stage_dir(stage)), "monitor": monitor}
     callbacks = [
         hydra.utils.instantiate(
             cb_cfg,
@@ -105,7 +106,7 @@ def _trainer(
     for lg_cfg in (cfg.get("logger") or {}).values():
         if lg_cfg is not None and "_target_" in lg_cfg:
             # W&B runs of a whole CV share one folder (``tracking_dir``); file loggers stay with their fold.
-            save_dir = tracking_dir if "Wandb" in lg_cfg._target_ else FoldLayout(out_dir).logs
+            save_dir = tracking_dir if "Wandb" in lg_cfg._target_ else layout.logs
             # W&B reads the git commit from its folder, and warns "git root ... does not exist" when it is missing
             save_dir.mkdir(parents=True, exist_ok=True)
             # _convert_="all": plain dicts (W&B ignores a DictConfig ``settings``)
@@ -118,12 +119,9 @@ def _trainer(
     if cfg.get("debug_trainer"):
         node.update(OmegaConf.to_container(cfg.debug_trainer, resolve=True))
     extra: dict[str, Any] = {}
-    if isinstance(
-        node.get("profiler"), dict
-    ):  # debug=profiler: one report folder per stage, shared by fit and test
-        extra["profiler"] = hydra.utils.instantiate(
-            node.pop("profiler"), dirpath=str(FoldLayout(out_dir).profiles(stage))
-        )
+    # debug=profiler: one report folder per stage, one profiler shared by fit and test
+    if isinstance(node.get("profiler"), dict):
+        extra["profiler"] = hydra.utils.instantiate(node.pop("profiler"), dirpath=str(layout.profiles(stage)))
     for lg in loggers:  # the whole run config and environment, not only the module's hyperparameters
         lg.log_hyperparams({"run": run_config(cfg), "stage": stage, "environment": fingerprint()})
     common = {"logger": loggers or False, "default_root_dir": str(out_dir), **extra}
@@ -345,5 +343,6 @@ def write_pipeline_spec(
         "rater": str(cfg.data.rater),
         "fold": int(cfg.data.fold),
     }
-    atomic_write_text(FoldLayout(out_dir).pipeline, json.dumps(spec, indent=2, default=str))
-    atomic_write_text(FoldLayout(out_dir).config, OmegaConf.to_yaml(cfg, resolve=True))
+    layout = FoldLayout(out_dir)
+    atomic_write_text(layout.pipeline, json.dumps(spec, indent=2, default=str))
+    atomic_write_text(layout.config, OmegaConf.to_yaml(cfg, resolve=True))

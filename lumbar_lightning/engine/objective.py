@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lumbar_lightning.engine.fold import run_fold
 from lumbar_lightning.io import atomic_write_text
-from lumbar_lightning.layout import FoldLayout, RunLayout
+from lumbar_lightning.layout import RunLayout
 from lumbar_lightning.tracking.wandb import wandb_settings
 
 log = logging.getLogger("lumbar_lightning")
@@ -42,18 +42,17 @@ def train_for_objective(cfg: DictConfig, root: Path) -> float:
     folds = list(cfg.objective.folds) if cfg.objective.get("folds") is not None else [int(cfg.data.fold)]
     values = {}
     for fold in folds:
-        out = RunLayout(root).fold(str(cfg.data.rater), int(fold)).dir
+        layout = RunLayout(root).fold(str(cfg.data.rater), int(fold))
+        out = layout.dir
         metrics = run_fold(cfg, int(fold), str(cfg.data.rater), out)
         log.info(f"fold {fold} rater {cfg.data.rater}: {fold_line(metrics)}")
         log.info(f"outputs: {out}")
         if wandb_settings(cfg) is not None:
-            log.info(
-                f"W&B runs: {FoldLayout(out).logs / 'wandb'} (offline ones upload later with `wandb sync`)"
-            )
+            log.info(f"W&B runs: {layout.logs / 'wandb'} (offline ones upload later with `wandb sync`)")
         values[int(fold)] = objective_value(metrics, cfg.objective.metric)
     value = float(np.mean(list(values.values())))
     atomic_write_text(
-        Path(root) / "objective.json",
+        RunLayout(root).objective,
         json.dumps({"metric": cfg.objective.metric, "value": value, "folds": values}, indent=1),
     )
     log.info(f"objective {cfg.objective.metric} = {value:.4f} (mean over folds {folds})")
@@ -74,10 +73,12 @@ def fold_line(metrics: dict) -> str:
 def best_trial(sweep_dir: Path, maximize: bool = True) -> dict[str, Any] | None:
     """The job of ``sweep_dir`` whose ``objective.json`` is best: its number, value, overrides and config."""
     trials = []
-    for objective in Path(sweep_dir).glob("*/objective.json"):
-        value = json.loads(objective.read_text())["value"]
-        if value == value:  # NaN objectives never win
-            trials.append((value, objective.parent))
+    for job in Path(sweep_dir).iterdir():
+        objective = RunLayout(job).objective
+        if objective.is_file():
+            value = json.loads(objective.read_text())["value"]
+            if value == value:  # NaN objectives never win
+                trials.append((value, job))
     if not trials:
         return None
     # Ties go to the earliest job, as Optuna's best_trial does.

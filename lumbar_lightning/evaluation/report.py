@@ -130,7 +130,8 @@ def render_report(summary: dict[str, Any], title: str = "lumbar-lightning cross-
                 f"{row['kappa']:.3f} | {row.get('kappa_quadratic', float('nan')):.3f} | {row['ttest']['p']:.3g} | "
                 f"{paper[0] if paper else ''} | {paper[1] if paper else ''} |"
             )
-        lines += ["", f"![{name} confusion matrices](figures/confusion_{task}.png)", ""]
+        figure = RunLayout(Path()).confusion_figure(task)  # relative to the report
+        lines += ["", f"![{name} confusion matrices]({figure})", ""]
     lines += [
         "## Severe grades",
         "",
@@ -221,6 +222,7 @@ def write_cv_report(
     joins the summary and ``appendix`` ends the report (what an external validation adds). With ``image_of`` (the
     ingestion cache's reader) the report also shows the worst cases (``figures/worst_cases.png``)."""
     root = Path(root)
+    layout = RunLayout(root)
     fold_predictions = load_fold_predictions(root)  # read once: the tables and the worst cases both use them
     summary = {**cv_summary(root, seed, fold_predictions), **(extra or {})}
     if image_of is not None:
@@ -241,11 +243,11 @@ def write_cv_report(
             ].to_dict("records")
         ]
         if len(cases):
-            failure_grid(cases, image_of, RunLayout(root).figures / "worst_cases.png")
+            failure_grid(cases, image_of, layout.worst_cases)
             appendix = (
                 "\n## Worst cases\n\nThe chained pipeline's most confident wrong grades (errors of two grades or more "
                 "first), against the truth where the data set has one, else the classifier's own rater.\n\n"
-                "![worst cases](figures/worst_cases.png)\n" + appendix
+                f"![worst cases]({RunLayout(Path()).worst_cases})\n" + appendix  # relative to the report
             )
     for task in ("rootlet", "grade"):
         pairs = [p for p in summary[task] if not p.startswith("truth-")] + [
@@ -255,11 +257,11 @@ def write_cv_report(
             summary[task],
             pairs,
             f"{task}: reference reader on rows",
-            RunLayout(root).figures / f"confusion_{task}.png",
+            layout.confusion_figure(task),
         )
-    atomic_write_text(RunLayout(root).summary, json.dumps(summary, indent=2, default=float))
+    atomic_write_text(layout.summary, json.dumps(summary, indent=2, default=float))
     report = render_report(summary, title or f"lumbar-lightning cross-validation: {root.name}")
-    atomic_write_text(RunLayout(root).report, report + appendix)
+    atomic_write_text(layout.report, report + appendix)
     return summary
 
 
@@ -319,6 +321,7 @@ def write_seeds_report(root: Path | str, per_seed: dict[int, dict[str, Any]], ti
             ]
             lines.append(f"| {pair} | " + " | ".join(cells) + " |")
         lines.append("")
-    atomic_write_text(root / "seeds_summary.json", json.dumps(summary, indent=2))
-    atomic_write_text(root / "seeds_report.md", "\n".join(lines))
+    layout = RunLayout(root)
+    atomic_write_text(layout.seeds_summary, json.dumps(summary, indent=2))
+    atomic_write_text(layout.seeds_report, "\n".join(lines))
     return summary

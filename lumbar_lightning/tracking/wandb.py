@@ -167,13 +167,7 @@ def log_summary_run(cfg: DictConfig, root: Path, summary: dict[str, Any]) -> Non
                 for pair, r in summary[task].items()
             ]
             run.log({f"study/{task}": wandb.Table(columns=columns, data=rows)})
-            run.log(
-                {
-                    f"figures/confusion_{task}": wandb.Image(
-                        str(RunLayout(root).figures / f"confusion_{task}.png")
-                    )
-                }
-            )
+            run.log({f"figures/confusion_{task}": wandb.Image(str(RunLayout(root).confusion_figure(task)))})
             run.summary.update(
                 {f"{task}/{pair}/accuracy": r["accuracy"] for pair, r in summary[task].items()}
             )
