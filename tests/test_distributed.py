@@ -43,7 +43,7 @@ def _fit_rootlet(data_dir: Path, out: Path, **trainer_kwargs: Any) -> tuple[dict
         batch_size=32,
         eval_batch_size=64,
         samples_per_epoch=384,
-        augment={"enabled": False},
+        augment=None,
     )
     dm.setup()
     module = RootletClassifier(width=0.125, optimizer=partial(torch.optim.Adam, lr=3e-3), scheduler=False)
@@ -112,7 +112,7 @@ def test_lumbar_train_with_ddp_sim_writes_one_fold(tiny_phantom: Path, tmp_path:
     preds = pd.read_csv(tmp_path / "A1" / "fold_0" / "predictions.csv", keep_default_na=False)
     assert preds["sop_instance_uid"].is_unique
     runs = offline_runs(tmp_path)
-    assert set(runs) == {f"A1-{s}-fold0" for s in ("rootlet", "grade", "pipeline")} | {
+    assert set(runs) == {f"A1-{s}-fold0" for s in ("rootlet", "grade", "baseline", "pipeline")} | {
         "consensus-detector-fold0"
     }
     assert "val/acc" in set().union(*runs["consensus-detector-fold0"]["history"])

@@ -16,6 +16,7 @@ import torch
 from conftest import TINY_CV
 from torch import nn
 
+from lumbar_lightning.data.augment import PaperAugment
 from lumbar_lightning.data.datamodules import PatchDataModule, fold_rows
 from lumbar_lightning.data.series import canal_brightness, reference_slices
 from lumbar_lightning.data.transforms import PatchGeometry
@@ -66,6 +67,7 @@ def reference_data(tiny_phantom: Path) -> PatchDataModule:
         num_folds=4,
         series_reference=True,
         batch_size=8,
+        augment=PaperAugment(),
     )
     dm.setup()
     return dm

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from conftest import TINY_CV
 from hydra import compose, initialize_config_dir
@@ -51,23 +52,39 @@ def test_a_callback_and_a_datamodule_argument_swapped_in_yaml_take_effect(
     assert fold.best("grade").is_file() and fold.metrics.is_file()
 
 
-def test_an_augmentation_swapped_in_yaml_changes_the_training_patches(tiny_phantom: Path) -> None:
-    def first_patches(*overrides: str) -> np.ndarray:
+#: Each augmentation preset with its affine and noise off, and the override that sets its flip probability.
+AUGMENT_SWAPS = {
+    "cv2_warp": (["data.augment.p_affine=0", "data.augment.p_noise=0"], "data.augment.hflip={}"),
+    "albumentations": (
+        ["data.augment.compose.transforms.0.p=0", "data.augment.compose.transforms.2.p=0"],
+        "data.augment.compose.transforms.1.p={}",
+    ),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(AUGMENT_SWAPS))
+def test_an_augmentation_swapped_in_yaml_changes_the_training_patches(
+    preset: str, tiny_phantom: Path
+) -> None:
+    """The group chosen and one transform's probability set in YAML alone: every training patch mirrored."""
+    still, flip = AUGMENT_SWAPS[preset]
+
+    def first_patches(p_flip: int) -> np.ndarray:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             cfg = compose(
                 config_name="train",
                 overrides=[
                     f"data.data_dir={tiny_phantom}",
                     *TINY_CV,
-                    "data.augment.p_affine=0",
-                    "data.augment.p_noise=0",
-                    *overrides,
+                    f"data/augment={preset}",
+                    *still,
+                    flip.format(p_flip),
                 ],
             )
         dm = patch_datamodule(cfg, "grade", 0, "A1")
         dm.setup()
         return np.stack([dm.sets["train"][(i, 0)]["image"].numpy() for i in range(4)])
 
-    kept, mirrored = first_patches("data.augment.hflip=0"), first_patches("data.augment.hflip=1")
+    kept, mirrored = first_patches(0), first_patches(1)
     assert not np.allclose(kept, mirrored)
     np.testing.assert_allclose(mirrored, kept[..., ::-1], atol=1e-6)  # every patch mirrored, nothing else

@@ -16,17 +16,13 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lumbar_lightning.data.augment import Augmenter
 from lumbar_lightning.data.dataset import LumbarDataset
 from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.data.folds import SPLITS, StratifiedPatientFolds
 from lumbar_lightning.data.labels import BOX_COLUMNS, GRADES, LEVEL_INDEX
 from lumbar_lightning.data.series import canal_brightness, reference_slices
-from lumbar_lightning.data.transforms import (
-    AugmentConfig,
-    PaperAugment,
-    PatchGeometry,
-    scale_boxes,
-)
+from lumbar_lightning.data.transforms import PatchGeometry, scale_boxes
 
 GRADE_INDEX = {g: i for i, g in enumerate(GRADES)}
 TASKS = ("rootlet", "grade")
@@ -107,7 +103,7 @@ class DetectionSlices(Dataset):
         images: np.ndarray,
         boxes: np.ndarray,
         uids: list[str],
-        augment: PaperAugment | None = None,
+        augment: Augmenter | None = None,
         seed: int = 0,
     ) -> None:
         self.images, self.boxes, self.uids, self.augment, self.seed = images, boxes, uids, augment, seed
@@ -143,7 +139,7 @@ class CanalPatches(Dataset):
         targets: np.ndarray,
         uids: list[str],
         geometry: PatchGeometry,
-        augment: PaperAugment | None = None,
+        augment: Augmenter | None = None,
         seed: int = 0,
     ) -> None:
         self.patches, self.targets, self.uids, self.geometry = patches, targets, uids, geometry
@@ -154,14 +150,16 @@ class CanalPatches(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         i, aug_seed = item_seed(self.seed, key)
-        # (H, W), or (C, H, W) with a series reference: every channel gets the same warp and noise draw
-        channels = self.patches[i] if self.patches.ndim == 4 else self.patches[i][None]
+        # (H, W), or (C, H, W) with a series reference: the channels are augmented as one (H, W, C) image, so
+        # every channel gets the same warp (the series reference moves with the patch it accompanies)
+        patch = self.patches[i] if self.patches.ndim == 4 else self.patches[i][None]
         if self.augment is not None:  # the warp also cuts the training context back to the patch size
-            channels = [self.augment(c, aug_seed, out_size=self.geometry.size)[0] for c in channels]
+            hwc = self.augment(np.moveaxis(patch, 0, -1), aug_seed, out_size=self.geometry.size)[0]
+            patch = np.moveaxis(hwc.reshape(*hwc.shape[:2], -1), -1, 0)
         else:
-            channels = [self.geometry.center_crop(c) for c in channels]
+            patch = np.stack([self.geometry.center_crop(c) for c in patch])
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(np.stack(channels), dtype=np.float32)),
+            "image": torch.from_numpy(np.ascontiguousarray(patch, dtype=np.float32)),
             "target": int(self.targets[i]),
             "sop_instance_uid": self.uids[i],
         }
@@ -182,14 +180,14 @@ class LumbarDataModule(L.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int = 128,
         num_workers: int = 0,
-        augment: dict[str, Any] | AugmentConfig | None = None,
+        augment: Augmenter | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
         self.data_dir, self.cache_dir, self.salt = data_dir, cache_dir, pseudonym_salt
         self.rater, self.fold, self.num_folds, self.split_seed = rater, fold, num_folds, split_seed
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
-        self.augment_cfg = augment if isinstance(augment, AugmentConfig) else AugmentConfig(**(augment or {}))
+        self.augment = augment
         self.seed = seed
         self.dataset: LumbarDataset | None = None
         self.folds: StratifiedPatientFolds | None = None
@@ -210,18 +208,13 @@ class LumbarDataModule(L.LightningDataModule):
                 raise DataContractError(
                     f"fold {self.fold}, rater {self.rater}: the {name} split has no usable labelled image"
                 )
-            augment = (
-                PaperAugment(self.augment_cfg, self.seed + 1000 * self.fold)
-                if name == "train" and self.augment_cfg.enabled
-                else None
-            )
-            self.sets[name] = self.build(self.rows[name], augment)
+            self.sets[name] = self.build(self.rows[name], self.augment if name == "train" else None)
 
     # Subclasses say which rows they use and how items are built.
     def select(self, rows: pd.DataFrame) -> pd.DataFrame:
         return rows
 
-    def build(self, rows: pd.DataFrame, augment: PaperAugment | None) -> Dataset:
+    def build(self, rows: pd.DataFrame, augment: Augmenter | None) -> Dataset:
         raise NotImplementedError
 
     @property
@@ -291,7 +284,7 @@ class SliceDataModule(LumbarDataModule):
         weights = 1.0 / counts[inverse].astype(float) ** self.balance
         return EpochSampler(len(rows), self.sampler_seed, weights, len(rows))
 
-    def build(self, rows: pd.DataFrame, augment: PaperAugment | None) -> Dataset:
+    def build(self, rows: pd.DataFrame, augment: Augmenter | None) -> Dataset:
         assert self.dataset is not None
         images = np.stack([self.dataset.resized(uid, self.image_size) for uid in rows["sop_instance_uid"]])
         boxes = np.stack(
@@ -371,7 +364,7 @@ class PatchDataModule(LumbarDataModule):
     def num_classes(self) -> int:
         return 2 if self.task == "rootlet" else len(GRADES)
 
-    def build(self, rows: pd.DataFrame, augment: PaperAugment | None) -> Dataset:
+    def build(self, rows: pd.DataFrame, augment: Augmenter | None) -> Dataset:
         assert self.dataset is not None
         context = 1.35 if augment is not None else 1.0
         boxes = rows[BOX].to_numpy(dtype=float)

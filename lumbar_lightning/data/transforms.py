@@ -1,4 +1,4 @@
-"""Image geometry shared by training and inference: detector resizing, canal patch cropping, augmentation.
+"""Image geometry shared by training and inference: detector resizing and canal patch cropping.
 
 Training and the ``Pipeline`` call the same functions, so a patch at test time is cut exactly as in training.
 """
@@ -73,117 +73,10 @@ class PatchGeometry:
         )
 
     def center_crop(self, patch: np.ndarray) -> np.ndarray:
-        off = (patch.shape[0] - self.size) // 2
-        return patch[off : off + self.size, off : off + self.size] if off > 0 else patch
+        return centre_crop(patch, self.size)
 
 
-@dataclass(frozen=True)
-class AugmentConfig:
-    """The paper's augmentation: rotation, scaling, translation, horizontal flip, zero-mean Gaussian noise."""
-
-    enabled: bool = True
-    rotate_deg: float = 10.0
-    scale: float = 0.1
-    translate: float = 0.06
-    hflip: float = 0.5
-    noise_std: float = 0.03
-    p_affine: float = 0.8
-    p_noise: float = 0.5
-
-
-class PaperAugment:
-    """The paper's augmentation, drawn per item from a seed: one affine warp (rotation, scaling, translation, with
-    the horizontal flip and, for patches, the centre crop folded into the same matrix) and zero-mean Gaussian noise.
-
-    The distributions are those albumentations' ``Affine``/``HorizontalFlip``/``GaussNoise`` draw, but written on
-    cv2 directly: albumentations' per-call bookkeeping (composition, parameter and box checks, reseeding) was 71%
-    of the training loader's time (`make bench`), several times the warp itself. A call with ``seed=None`` draws
-    from the instance's own generator (seeded by ``seed`` at construction).
-    """
-
-    def __init__(self, cfg: AugmentConfig, seed: int = 0) -> None:
-        self.cfg = cfg
-        self.rng = np.random.default_rng(seed)
-
-    def draw(self, rng: np.random.Generator) -> dict[str, float | bool]:
-        """One item's parameters (every value is drawn, used or not, so the stream never depends on them)."""
-        c = self.cfg
-        u = rng.random(3)
-        return {
-            "affine": bool(u[0] < c.p_affine),
-            "angle": float(rng.uniform(-c.rotate_deg, c.rotate_deg)),
-            "scale": float(rng.uniform(1 - c.scale, 1 + c.scale)),
-            "tx": float(rng.uniform(-c.translate, c.translate)),
-            "ty": float(rng.uniform(-c.translate, c.translate)),
-            "flip": bool(u[1] < c.hflip),
-            "noise": bool(u[2] < c.p_noise),
-            "noise_std": float(rng.uniform(0.0, c.noise_std)),
-        }
-
-    @staticmethod
-    def matrix(p: dict[str, float | bool], in_hw: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
-        """The 2x3 map from input to output pixels: rotate and scale about the centre, translate by a fraction
-        of the input size, mirror, and centre the result in the output (a centre crop when it is smaller)."""
-        (h, w), (oh, ow) = in_hw, out_hw
-        m = np.eye(3)
-        if p["affine"]:
-            a = np.deg2rad(float(p["angle"]))
-            s = float(p["scale"])
-            m[:2, :2] = s * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
-            m[:2, 2] = [float(p["tx"]) * w, float(p["ty"]) * h]
-        m = m @ np.array([[1, 0, -(w - 1) / 2], [0, 1, -(h - 1) / 2], [0, 0, 1]])
-        if p["flip"]:
-            m = np.diag([-1.0, 1.0, 1.0]) @ m
-        m = np.array([[1, 0, (ow - 1) / 2], [0, 1, (oh - 1) / 2], [0, 0, 1]]) @ m
-        return m[:2].astype(np.float32)
-
-    def __call__(
-        self,
-        image: np.ndarray,
-        seed: int | None = None,
-        boxes: np.ndarray | None = None,
-        out_size: int | None = None,
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """The augmented image (``out_size`` square, default the input's size) and boxes (xyxy pixels, clipped;
-        a box pushed out of view returns the image and boxes un-augmented, as a sample without its canal is no
-        detector sample)."""
-        rng = self.rng if seed is None else np.random.default_rng(seed)
-        p = self.draw(rng)
-        noise = rng.standard_normal(
-            image.shape[:2] if out_size is None else (out_size, out_size), dtype=np.float32
-        )
-        h, w = image.shape[:2]
-        out_hw = (h, w) if out_size is None else (out_size, out_size)
-        m = self.matrix(p, (h, w), out_hw)
-        if boxes is not None and len(boxes):
-            boxes = _warp_boxes(np.asarray(boxes, dtype=np.float32), m, out_hw)
-            if boxes is None:
-                return image, None
-        out = cv2.warpAffine(
-            image.astype(np.float32, copy=False),
-            m,
-            (out_hw[1], out_hw[0]),
-            flags=cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_CONSTANT,
-            borderValue=0.0,
-        )
-        if p["noise"]:
-            out += noise * float(p["noise_std"])
-        return out, boxes
-
-
-def _warp_boxes(boxes: np.ndarray, m: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray | None:
-    """Boxes through the warp: the bounding box of each warped box's corners, clipped; None if one vanishes."""
-    x0, y0, x1, y1 = boxes.T
-    corners = np.stack(
-        [np.stack([x0, y0], -1), np.stack([x1, y0], -1), np.stack([x0, y1], -1), np.stack([x1, y1], -1)], 1
-    )
-    # Box edges are continuous coordinates (pixel i spans [i, i+1]); the warp maps pixel centres.
-    warped = (corners - 0.5) @ m[:, :2].T + m[:, 2] + 0.5
-    lo, hi = warped.min(1), warped.max(1)
-    out = np.concatenate([lo, hi], 1)
-    out[:, [0, 2]] = out[:, [0, 2]].clip(0, out_hw[1])
-    out[:, [1, 3]] = out[:, [1, 3]].clip(0, out_hw[0])
-    if np.any(out[:, 2] - out[:, 0] < 1) or np.any(out[:, 3] - out[:, 1] < 1):
-        return None
-    return out.astype(np.float32)
+def centre_crop(image: np.ndarray, size: int | None) -> np.ndarray:
+    """The central ``size`` x ``size`` of a square image (unchanged when it is no larger)."""
+    off = 0 if size is None else (image.shape[0] - size) // 2
+    return image[off : off + size, off : off + size] if off > 0 else image

@@ -6,7 +6,8 @@ process, so drift hits both sides alike. Machines are noisy: read the ratios, no
 Sections: (1) compute efficiency: training images/s per stage at the demo and paper presets, achieved FLOP/s
 (``torch.utils.flop_counter``) over a 2048x2048 fp32 GEMM timed here; (2) framework overhead: ``Trainer.fit`` vs
 a plain PyTorch loop, same model, data and steps; (3) data path: the demo training DataLoader vs the model's
-consumption, and the cache vs a naive ``pydicom.dcmread`` per item; (4) inference: ``Pipeline`` latency per
+consumption, and the cache vs a naive ``pydicom.dcmread`` per item; each augmentation preset (cv2 warp,
+albumentations, albumentations with 2 worker processes): loader vs model, and whole training steps; (4) inference: ``Pipeline`` latency per
 40-slice study, peak RSS; (5) phantom generation and ingestion; (6) numerics: the demo's training steps with
 pinned vs native numerics (``lumbar_lightning.numerics``), in fresh processes; (7) GPU: fp32 vs bf16 autocast, channels_last,
 only when CUDA is present.
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import hydra
 import lightning as L
 import numpy as np
 import pydicom
@@ -85,14 +87,14 @@ def ab_rounds(
 
 
 # -- presets -----------------------------------------------------------------------------------------------
-def preset(experiment: str) -> Any:
-    """The composed config of an experiment (its real model, patch and batch settings)."""
+def preset(experiment: str, *extra: str) -> Any:
+    """The composed config of an experiment (its real model, patch and batch settings), with ``extra`` overrides."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     from lumbar_lightning.conf import CONF_DIR
 
-    overrides = [f"experiment={experiment}", "logger=none"]
+    overrides = [f"experiment={experiment}", "logger=none", *extra]
     if GlobalHydra.instance().is_initialized():  # inside lumbar-bench: the app's own config tree
         return compose(config_name="train", overrides=overrides)
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -231,12 +233,11 @@ def overhead_section(cfg: Any, steps: int, rounds: int = 7) -> dict[str, float]:
 
 
 # -- data path ------------------------------------------------------------------------------------------------
-def data_section(root: Path, cache: Path, cfg: Any, model_rate: float) -> dict[str, float]:
+def grade_patches(root: Path, cache: Path, cfg: Any, augment: Any = None, workers: int | None = None) -> Any:
+    """The demo grader's training patches (8 batches an epoch) with ``cfg``'s augmentation or ``augment``."""
     from lumbar_lightning.data.datamodules import PatchDataModule
     from lumbar_lightning.engine.fold import stage_geometry
 
-    out: dict[str, float] = {}
-    ds = LumbarDataset.ingest(root, cache)
     dm = PatchDataModule(
         task="grade",
         patch=stage_geometry(cfg, "grade"),
@@ -244,11 +245,19 @@ def data_section(root: Path, cache: Path, cfg: Any, model_rate: float) -> dict[s
         cache_dir=str(cache),
         num_folds=4,
         batch_size=int(cfg.model.grade.batch_size),
-        num_workers=int(cfg.data.num_workers),
-        augment=dict(cfg.data.augment),
+        num_workers=int(cfg.data.num_workers) if workers is None else workers,
+        augment=hydra.utils.instantiate(cfg.data.augment) if augment is None else augment,
         samples_per_epoch=int(cfg.model.grade.batch_size) * 8,
+        series_reference=bool(cfg.model.grade.module.get("series_reference", False)),
     )
     dm.setup()
+    return dm
+
+
+def data_section(root: Path, cache: Path, cfg: Any, model_rate: float) -> dict[str, float]:
+    out: dict[str, float] = {}
+    ds = LumbarDataset.ingest(root, cache)
+    dm = grade_patches(root, cache, cfg)
     loader = dm.train_dataloader()
     count = sum(len(b["target"]) for b in loader)
     seconds = median_time(lambda: [None for _ in loader], repeats=3)
@@ -265,6 +274,41 @@ def data_section(root: Path, cache: Path, cfg: Any, model_rate: float) -> dict[s
     t_ours, t_naive = ab_medians(lambda: [None for _ in loader], lambda: [None for _ in naive_loader])
     out["data/naive_dcmread_images_per_s"] = count / t_naive
     out["data/cached_over_naive"] = t_naive / t_ours
+    return out
+
+
+#: The augmentation presets compared, each with the loader's worker processes.
+AUGMENT_CASES = (("cv2_warp", 0), ("albumentations", 0), ("albumentations", 2))
+
+
+def augment_section(root: Path, cache: Path, model_rate: float, small: bool) -> dict[str, float]:
+    """Each augmentation preset (``data/augment=...``) on the demo grader's cached patches: the loader alone
+    against the model's consumption, and whole training steps (load, augment, forward, backward, Adam) against
+    the cv2 warp's, so workers that only move the cost onto the cores training already uses show as no gain."""
+    from lumbar_lightning.engine.fold import build_modules
+
+    out: dict[str, float] = {}
+    base: float | None = None
+    for name, workers in AUGMENT_CASES:
+        cfg = preset("demo", f"data/augment={name}")
+        loader = grade_patches(root, cache, cfg, workers=workers).train_dataloader()
+        count = sum(len(b["target"]) for b in loader)
+        module = build_modules(cfg)["grade"].train()
+        optimizer = torch.optim.Adam(module.parameters(), lr=1e-5)
+
+        def train_epoch(
+            loader: Any = loader, module: StageModule = module, optimizer: torch.optim.Optimizer = optimizer
+        ) -> None:
+            for batch in loader:
+                _train_step(module, optimizer, batch)
+
+        key = f"data/augment/{name}" + (f"_{workers}_workers" if workers else "")
+        load = median_time(lambda loader=loader: [None for _ in loader])
+        out[f"{key}/loader_over_model"] = count / load / model_rate
+        seconds = median_time(train_epoch, repeats=1 if small else 3)
+        out[f"{key}/train_images_per_s"] = count / seconds
+        base = base or seconds
+        out[f"{key}/train_seconds_over_cv2_warp"] = seconds / base
     return out
 
 
@@ -437,6 +481,7 @@ def run(small: bool = False) -> dict[str, Any]:
         out["ingest/cached_images_per_s"] = cohort.n_images / cached
         model_rate = out["demo/grade/train_images_per_s"]
         out.update(data_section(root, Path(tmp) / "cache", presets["demo"], model_rate))
+        out.update(augment_section(root, Path(tmp) / "cache", model_rate, small))
         ds = LumbarDataset.ingest(root, Path(tmp) / "cache")
         patient = ds.images[ds.images["patient"] == ds.images["patient"].iloc[0]]
         uids = (list(patient["sop_instance_uid"]) * 40)[: 4 if small else 40]

@@ -71,7 +71,7 @@ def shared_data_arguments(cfg: DictConfig, fold: int, rater: str) -> dict[str, A
         "split_seed": d.split_seed,
         "eval_batch_size": d.eval_batch_size,
         "num_workers": d.num_workers,
-        "augment": OmegaConf.to_container(d.augment, resolve=True),
+        "augment": hydra.utils.instantiate(d.augment) if d.get("augment") is not None else None,
         "seed": cfg.seed,
     }
 

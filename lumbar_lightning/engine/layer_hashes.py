@@ -18,10 +18,11 @@ def layer_hashes(work_dir: str | os.PathLike[str]) -> dict[str, str]:
     import pydicom
     import torch
 
+    from lumbar_lightning.data.augment import PaperAugment
     from lumbar_lightning.data.dataset import LumbarDataset
     from lumbar_lightning.data.labels import BOX_COLUMNS
     from lumbar_lightning.data.phantom.cohort import PhantomCohort, PhantomConfig
-    from lumbar_lightning.data.transforms import AugmentConfig, PaperAugment, PatchGeometry
+    from lumbar_lightning.data.transforms import PatchGeometry
     from lumbar_lightning.models.nets import CanalVGG
     from lumbar_lightning.models.stages import CanalDetector
 
@@ -54,7 +55,7 @@ def layer_hashes(work_dir: str | os.PathLike[str]) -> dict[str, str]:
         ]
     )
     out["patches"] = digest(patches)
-    augment = PaperAugment(AugmentConfig(), 0)
+    augment = PaperAugment()
     augmented = np.stack([augment(p, 1000 + i, out_size=32)[0] for i, p in enumerate(patches)])
     out["augmented"] = digest(augmented)
     torch.manual_seed(0)
