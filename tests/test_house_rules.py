@@ -30,24 +30,32 @@ def declared() -> set[str]:
     return {_normalise(re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0]) for d in project["dependencies"]}
 
 
+def _module_names(path: Path) -> list[str]:
+    """The modules a package file imports, or a shipped config's ``_target_`` classes (Hydra imports those)."""
+    if path.suffix == ".yaml":
+        return re.findall(r"^\s*(?:- )?_target_:\s*([A-Za-z_][\w.]*\.\w+)", path.read_text(), re.M)
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+    return names
+
+
 def imported_distributions() -> dict[str, set[str]]:
-    """distribution -> the package files that import it (imports inside functions included)."""
+    """distribution -> the package files that import it (imports inside functions included, and the configs'
+    ``_target_`` classes)."""
     owners = packages_distributions()
     found: dict[str, set[str]] = {}
-    for path in (ROOT / "lumbar_lightning").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            else:
+    package = ROOT / "lumbar_lightning"
+    for path in [*package.rglob("*.py"), *package.rglob("*.yaml")]:
+        for name in _module_names(path):
+            top = name.split(".")[0]
+            if top == "lumbar_lightning" or top in sys.stdlib_module_names:
                 continue
-            for name in names:
-                top = name.split(".")[0]
-                if top == "lumbar_lightning" or top in sys.stdlib_module_names:
-                    continue
-                for dist in owners.get(top, [top]):
-                    found.setdefault(_normalise(dist), set()).add(str(path.relative_to(ROOT)))
+            for dist in owners.get(top, [top]):
+                found.setdefault(_normalise(dist), set()).add(str(path.relative_to(ROOT)))
     return found
 
 
