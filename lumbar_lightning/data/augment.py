@@ -1,9 +1,8 @@
 """Training augmentation, chosen in YAML (``data/augment=...``): the paper's rotation, scaling, translation,
 horizontal flip and zero-mean Gaussian noise, as an albumentations pipeline or as one cv2 warp.
 
-Both augmenters answer the same call, ``augment(image, seed, boxes=None, out_size=None) -> (image, boxes)``, on
-an (H, W) or (H, W, C) float32 image:
-each training item is augmented from its own seed (the sampler's (seed, epoch, index)), never from a per-worker
+Both augmenters answer the same call, ``augment(image, seed, boxes=None, out_size=None) -> (image, boxes)``,
+on an (H, W) or (H, W, C) float32 image. Each training item is augmented from its own seed (the sampler's (seed, epoch, index)), never from a per-worker
 generator, so a run draws the same augmentations with 0, 1 or N loader workers and after a resume. Boxes are
 ``x_min, y_min, x_max, y_max`` in pixels; a box pushed out of view returns the item un-augmented, as a slice
 without its canal is no detector sample. ``out_size`` cuts the (larger, context) training patch back to the
@@ -72,16 +71,13 @@ class AlbumentationsAugment:
                 "the detector's augmentation needs box-aware transforms: give data.augment.compose a "
                 "bbox_params (albumentations.BboxParams with format: pascal_voc)"
             )
-        h, w = image.shape[:2]
-        clipped = np.asarray(boxes, dtype=np.float32).copy()
-        clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, w)
-        clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, h)
-        result = self.compose(image=image, bboxes=clipped)
+        if out_size is not None:
+            raise ValueError("out_size (a centre crop) is for patches; detector slices keep their size")
+        # (boxes on the image's edge are clipped by the preset's BboxParams(clip=True))
+        result = self.compose(image=image, bboxes=np.asarray(boxes, dtype=np.float32))
         moved = np.asarray(result["bboxes"], dtype=np.float32).reshape(-1, 4)
         if len(moved) != len(boxes):  # a box left the image (or fell under min_visibility)
             return image, None
-        if out_size is not None:
-            raise ValueError("out_size (a centre crop) is for patches; detector slices keep their size")
         return result["image"], moved
 
 

@@ -7,8 +7,8 @@ Sections: (1) compute efficiency: training images/s per stage at the demo and pa
 (``torch.utils.flop_counter``) over a 2048x2048 fp32 GEMM timed here; (2) framework overhead: ``Trainer.fit`` vs
 a plain PyTorch loop, same model, data and steps; (3) data path: the demo training DataLoader vs the model's
 consumption, and the cache vs a naive ``pydicom.dcmread`` per item; each augmentation preset (cv2 warp,
-albumentations, albumentations with 2 worker processes): loader vs model, and whole training steps; (4) inference: ``Pipeline`` latency per
-40-slice study, peak RSS; (5) phantom generation and ingestion; (6) numerics: the demo's training steps with
+albumentations, albumentations with 2 worker processes): loader vs model, and whole training steps;
+(4) inference: ``Pipeline`` latency per 40-slice study, peak RSS; (5) phantom generation and ingestion; (6) numerics: the demo's training steps with
 pinned vs native numerics (``lumbar_lightning.numerics``), in fresh processes; (7) GPU: fp32 vs bf16 autocast, channels_last,
 only when CUDA is present.
 
@@ -233,8 +233,8 @@ def overhead_section(cfg: Any, steps: int, rounds: int = 7) -> dict[str, float]:
 
 
 # -- data path ------------------------------------------------------------------------------------------------
-def grade_patches(root: Path, cache: Path, cfg: Any, augment: Any = None, workers: int | None = None) -> Any:
-    """The demo grader's training patches (8 batches an epoch) with ``cfg``'s augmentation or ``augment``."""
+def grade_patches(root: Path, cache: Path, cfg: Any, workers: int | None = None) -> Any:
+    """The demo grader's training patches (8 batches an epoch), augmented as ``cfg`` says."""
     from lumbar_lightning.data.datamodules import PatchDataModule
     from lumbar_lightning.engine.fold import stage_geometry
 
@@ -246,7 +246,7 @@ def grade_patches(root: Path, cache: Path, cfg: Any, augment: Any = None, worker
         num_folds=4,
         batch_size=int(cfg.model.grade.batch_size),
         num_workers=int(cfg.data.num_workers) if workers is None else workers,
-        augment=hydra.utils.instantiate(cfg.data.augment) if augment is None else augment,
+        augment=hydra.utils.instantiate(cfg.data.augment),
         samples_per_epoch=int(cfg.model.grade.batch_size) * 8,
         series_reference=bool(cfg.model.grade.module.get("series_reference", False)),
     )
