@@ -64,8 +64,7 @@ def _fit_rootlet(data_dir: Path, out: Path, **trainer_kwargs: Any) -> tuple[dict
         **trainer_kwargs,
     )
     trainer.fit(module, datamodule=dm)
-    L.Trainer(devices=1, **common).test(module, datamodule=dm, verbose=False)
-    metrics = dict(module.last_metrics["test"])
+    metrics = L.Trainer(devices=1, **common).test(module, datamodule=dm, verbose=False)[0]
     module.eval()
     with torch.no_grad():  # the fit itself: accuracy on the (unaugmented) training patches
         hits = [

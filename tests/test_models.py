@@ -72,11 +72,15 @@ def test_classifiers_learn_and_report_metrics(tiny_phantom: Path, task: str, cls
         enable_model_summary=False,
     )
     trainer.fit(module, datamodule=dm)
-    val = module.last_metrics["val"]
+    val = {k: float(v) for k, v in trainer.callback_metrics.items()}  # what Lightning logged
     assert 0.0 <= val["val/acc"] <= 1.0 and 0.0 <= val["val/f1"] <= 1.0
     assert all(f"val/f1_{c}" in val for c in module.class_names)
-    assert np.sum(val["val/confmat"]) == len(dm.sets["val"])
-    assert np.shape(val["val/confmat"]) == (len(module.class_names),) * 2
+    confmat = module.confusion_matrix("val")
+    assert np.sum(confmat) == len(
+        dm.sets["val"]
+    )  # one epoch's images, once each (the sanity check was reset)
+    assert np.shape(confmat) == (len(module.class_names),) * 2
+    assert np.trace(confmat) / np.sum(confmat) == pytest.approx(val["val/acc"])
     assert float(module.val_best.compute()) == pytest.approx(val["val/acc"])
 
 
@@ -98,9 +102,10 @@ def test_detector_learns_and_reports_map_iou_and_detection_rate(tiny_phantom: Pa
         enable_progress_bar=False,
         enable_model_summary=False,
     )
+    del module.log  # logging on again, through the Trainer
     trainer.fit(module, datamodule=dm)
-    val = module.last_metrics["val"]
-    assert set(val) == {"val/map_50", "val/map", "val/iou", "val/acc"}
+    val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    assert set(val) == {"val/map_50", "val/map", "val/iou", "val/acc", "val/acc_best"}
     assert (
         0.0 <= val["val/iou"] <= 1.0 and 0.0 <= val["val/acc"] <= 1.0 and val["val/map_50"] >= val["val/map"]
     )
@@ -116,7 +121,8 @@ def test_detection_map_is_reset_every_epoch(tiny_phantom: Path) -> None:
     first = trainer.validate(module, datamodule=dm, verbose=False)[0]
     second = trainer.validate(module, datamodule=dm, verbose=False)[0]
     assert first["val/map"] == pytest.approx(second["val/map"])  # not accumulated across epochs
-    assert module.map_val.detection_box == []  # reset after compute
+    assert module.metrics["val"]["map"].detection_box == []  # reset after compute
+    assert module.metrics["val"]["top_box"].iou_matrix == []
 
 
 class _FixedDetector(CanalDetector):

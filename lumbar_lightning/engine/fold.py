@@ -175,10 +175,10 @@ def _fit_stage(
     _reload_csv_columns(tester)
     best_val_metrics: dict[str, float] = {}
     if isinstance(module, PatchClassifier):  # validation F1 at the chosen checkpoint: what sweeps optimise
-        tester.validate(module, datamodule=datamodule, verbose=False)
-        best_val_metrics = {k: v for k, v in module.last_metrics.get("val", {}).items() if k != "val/confmat"}
-    tester.test(module, datamodule=datamodule, verbose=False)
-    metrics = dict(module.last_metrics.get("test", {}))
+        best_val_metrics = epoch_metrics(tester.validate(module, datamodule=datamodule, verbose=False))
+    metrics: dict[str, Any] = epoch_metrics(tester.test(module, datamodule=datamodule, verbose=False))
+    if isinstance(module, PatchClassifier):
+        metrics["test/confmat"] = module.confusion_matrix("test")
     metrics.update(best_val_metrics)
     metrics["best_val"] = best_val
     metrics["epochs"] = epochs
@@ -191,6 +191,13 @@ def _fit_stage(
     layout.stage_dir(stage).mkdir(parents=True, exist_ok=True)
     atomic_write_text(layout.done(stage), json.dumps(metrics, default=float))
     return metrics
+
+
+def epoch_metrics(logged: list[dict[str, float]]) -> dict[str, float]:
+    """A stage's epoch metrics from what ``Trainer.validate``/``test`` return (the logged values), without the
+    running loss and the tracked best, which belong to training."""
+    values = logged[0] if logged else {}
+    return {k: float(v) for k, v in values.items() if not k.endswith(("/loss", "_best"))}
 
 
 def _reload_csv_columns(trainer: L.Trainer) -> None:

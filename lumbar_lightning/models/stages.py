@@ -14,12 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
-from torchmetrics.detection import MeanAveragePrecision
-from torchvision.ops import box_iou
+from torchmetrics import MaxMetric, MeanMetric
 
 from lumbar_lightning.data.labels import GRADES
+from lumbar_lightning.models.metrics import classification_metrics, detection_metrics
 from lumbar_lightning.models.nets import CanalVGG, PlainCNN, build_faster_rcnn
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -112,10 +110,7 @@ class CanalDetector(StageModule):
         if channels_last:  # NHWC convolutions: ~10% faster on CPU for the compact backbone (see CanalVGG)
             self.net.to(memory_format=torch.channels_last)
         self.image_size = image_size
-        self.map = {s: MeanAveragePrecision(box_format="xyxy", iou_type="bbox") for s in ("val", "test")}
-        self.map_val, self.map_test = self.map["val"], self.map["test"]  # registered as children
-        self._ious: dict[str, list[torch.Tensor]] = {"val": [], "test": []}
-        self.last_metrics: dict[str, dict[str, float]] = {}
+        self.metrics = nn.ModuleDict({s: detection_metrics() for s in ("val", "test")})
 
     @staticmethod
     def _three_channels(images: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -163,14 +158,11 @@ class CanalDetector(StageModule):
     def _eval_step(self, batch: dict[str, Any], split: str) -> None:
         outputs = self(batch["image"])
         preds = [{k: o[k] for k in ("boxes", "scores", "labels")} for o in outputs]
-        targets = [{"boxes": b, "labels": torch.ones(len(b), dtype=torch.int64)} for b in batch["boxes"]]
-        self.map[split].update(preds, targets)
-        for out, gt in zip(outputs, batch["boxes"], strict=True):
-            if len(out["boxes"]):
-                top = out["boxes"][torch.argmax(out["scores"])][None]
-                self._ious[split].append(box_iou(top, gt[:1])[0, 0])
-            else:
-                self._ious[split].append(torch.tensor(0.0))
+        targets = [
+            {"boxes": b, "labels": torch.ones(len(b), dtype=torch.int64, device=b.device)}
+            for b in batch["boxes"]
+        ]
+        self.metrics[split].update(preds, targets)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -179,19 +171,15 @@ class CanalDetector(StageModule):
         self._eval_step(batch, "test")
 
     def _eval_epoch_end(self, split: str) -> dict[str, float]:
-        mean_ap = self.map[split].compute()
-        self.map[split].reset()
-        ious = torch.stack(self._ious[split]) if self._ious[split] else torch.zeros(1)
-        ious = self.all_gather(ious).flatten()
-        self._ious[split] = []
+        values = self.metrics[split].compute()  # synced across processes by torchmetrics
+        self.metrics[split].reset()
         metrics = {
-            f"{split}/map_50": float(mean_ap["map_50"]),
-            f"{split}/map": float(mean_ap["map"]),
-            f"{split}/iou": float(ious.mean()),
-            f"{split}/acc": float((ious >= 0.5).float().mean()),  # detection rate
+            f"{split}/map_50": float(values["map_50"]),
+            f"{split}/map": float(values["map"]),
+            f"{split}/iou": float(values["iou"]),
+            f"{split}/acc": float(values["detection_rate"]),
         }
         self.log_dict(metrics, sync_dist=False)
-        self.last_metrics[split] = metrics
         return metrics
 
     def on_validation_epoch_end(self) -> None:
@@ -204,18 +192,6 @@ class CanalDetector(StageModule):
 
 
 # --------------------------------------------------------------------------------------------------------------
-def classification_metrics(num_classes: int) -> MetricCollection:
-    """One collection, cloned per split: accuracy, macro F1, per-class F1, confusion matrix."""
-    return MetricCollection(
-        {
-            "acc": MulticlassAccuracy(num_classes, average="micro"),
-            "f1": MulticlassF1Score(num_classes, average="macro"),
-            "f1_per_class": MulticlassF1Score(num_classes, average=None),
-            "confmat": MulticlassConfusionMatrix(num_classes),
-        }
-    )
-
-
 class PatchClassifier(StageModule):
     """The study's VGG on canal patches; subclasses fix the task's classes and loss."""
 
@@ -266,7 +242,6 @@ class PatchClassifier(StageModule):
             class_prior if class_prior else [1.0] * len(self.class_names), dtype=torch.float32
         )
         self.register_buffer("log_prior", torch.log(prior / prior.sum()))
-        self.last_metrics: dict[str, dict[str, Any]] = {}
 
     @property
     def num_outputs(self) -> int:
@@ -332,18 +307,28 @@ class PatchClassifier(StageModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._step(batch, "test")
 
-    def _epoch_end(self, split: str) -> dict[str, Any]:
+    def confusion_matrix(self, split: str) -> list[list[int]]:
+        """The last ``split`` epoch's confusion matrix (rows: label, columns: prediction), read from its registered
+        metric: a matrix is not a scalar Lightning can log, and the metric keeps its state until the split's next
+        epoch starts."""
+        return self.metrics[f"{split}_m"]["confmat"].compute().cpu().tolist()
+
+    def _epoch_end(self, split: str) -> dict[str, torch.Tensor]:
         values = self.metrics[f"{split}_m"].compute()
-        self.metrics[f"{split}_m"].reset()
         scalars = {f"{split}/acc": values[f"{split}/acc"], f"{split}/f1": values[f"{split}/f1"]}
         for name, f1 in zip(self.class_names, values[f"{split}/f1_per_class"], strict=True):
             scalars[f"{split}/f1_{name}"] = f1
         self.log_dict(scalars, prog_bar=split == "val")
-        self.last_metrics[split] = {
-            **{k: float(v) for k, v in scalars.items()},
-            f"{split}/confmat": values[f"{split}/confmat"].cpu().tolist(),
-        }
-        return self.last_metrics[split]
+        return scalars
+
+    def on_train_epoch_start(self) -> None:
+        self.metrics["train_m"].reset()
+
+    def on_validation_epoch_start(self) -> None:
+        self.metrics["val_m"].reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.metrics["test_m"].reset()
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
@@ -352,7 +337,7 @@ class PatchClassifier(StageModule):
     def on_validation_epoch_end(self) -> None:
         metrics = self._epoch_end("val")
         if not self.trainer.sanity_checking:
-            self.track_best(torch.tensor(metrics["val/acc"]))
+            self.track_best(metrics["val/acc"])
 
     def on_test_epoch_end(self) -> None:
         self._epoch_end("test")
