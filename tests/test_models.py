@@ -14,6 +14,7 @@ from lumbar_lightning.data.datamodules import PatchDataModule, SliceDataModule
 from lumbar_lightning.data.transforms import PatchGeometry
 from lumbar_lightning.inference.pipeline import Pipeline, load_stage_weights
 from lumbar_lightning.models.nets import CanalVGG
+from lumbar_lightning.models.predictors import three_channels
 from lumbar_lightning.models.stages import CanalDetector, GradeClassifier, RootletClassifier
 
 DM = dict(num_folds=4, batch_size=16, eval_batch_size=64)
@@ -125,10 +126,19 @@ def test_detection_map_is_reset_every_epoch(tiny_phantom: Path) -> None:
     assert module.metrics["val"]["top_box"].iou_matrix == []
 
 
-class _FixedDetector(CanalDetector):
-    def predict_top_box(self, images):  # a known box, in detector-input pixels
-        n = len(images)
-        return torch.tensor([[8.0, 16.0, 24.0, 32.0]]).repeat(n, 1), torch.full((n,), 0.9)
+class _FixedBoxes(nn.Module):
+    """A 'Faster R-CNN' that finds a known box (detector-input pixels) with score 0.9 and a worse one."""
+
+    def forward(self, images):
+        best = {"boxes": torch.tensor([[8.0, 16.0, 24.0, 32.0]]), "scores": torch.tensor([0.9])}
+        other = {"boxes": torch.tensor([[0.0, 0.0, 4.0, 4.0]]), "scores": torch.tensor([0.2])}
+        return [{k: torch.cat([other[k], best[k]]) for k in best} | {"labels": torch.ones(2)} for _ in images]
+
+
+def _FixedDetector(image_size: int) -> CanalDetector:
+    detector = CanalDetector(image_size=image_size)
+    detector.net = _FixedBoxes()
+    return detector
 
 
 class _MeanLogit(nn.Module):
@@ -150,7 +160,7 @@ def test_pipeline_chains_stages_on_a_hand_built_case() -> None:
     grader = GradeClassifier(width=0.125, prior_correction=True)
     grader.net = _FixedLogits()
     grader.set_class_prior(np.array([70, 10, 10, 10]))
-    pipe = Pipeline(detector, rootlet, grader, PatchGeometry(16, margin=0.0))
+    pipe = Pipeline(detector.predictor, rootlet.predictor, grader.predictor, PatchGeometry(16, margin=0.0))
     bright = np.zeros((128, 128), np.float32)
     bright[32:64, 16:48] = 1.0  # exactly the detected box, scaled back (x 16..48, y 32..64)
     dark = np.zeros((128, 128), np.float32)
@@ -191,7 +201,7 @@ def test_trainer_predict_serves_each_stage_as_the_pipeline_chains_it() -> None:
     patches = torch.cat([torch.ones(1, 1, 16, 16), torch.zeros(1, 1, 16, 16)])
     (graded,) = trainer.predict(grader, dataloaders=loader({"image": patches}))
     (levels,) = trainer.predict(rootlet, dataloaders=loader({"image": patches}))
-    pipe = Pipeline(detector, rootlet, grader, PatchGeometry(16, margin=0.0))
+    pipe = Pipeline(detector.predictor, rootlet.predictor, grader.predictor, PatchGeometry(16, margin=0.0))
     chained = pipe.classify([p[0].numpy() for p in patches], np.array([[0, 0, 16, 16]] * 2, np.float32))
     np.testing.assert_allclose(graded["probs"].numpy(), chained["grade_probs"], rtol=1e-6)
     np.testing.assert_allclose(graded["probs_balanced"].numpy(), chained["grade_probs_balanced"], rtol=1e-6)
@@ -240,7 +250,7 @@ def test_every_detector_backbone_trains_and_predicts(backbone: str, tmp_path: Pa
     module = CanalDetector(backbone=backbone, image_size=64, anchor_sizes=(8, 16, 32), scheduler=False)
     images = [torch.rand(1, 64, 64) for _ in range(2)]
     targets = [{"boxes": torch.tensor([[20.0, 24.0, 40.0, 44.0]]), "labels": torch.tensor([1])}] * 2
-    losses = module.net(module._three_channels(images), targets)
+    losses = module.net(three_channels(images), targets)
     assert {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"} == set(losses)
     sum(losses.values()).backward()
     boxes, scores = module.predict_top_box(images)

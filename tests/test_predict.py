@@ -93,6 +93,31 @@ def test_summary_is_the_worst_grade_per_level_and_overlays_exist(prediction: dic
         )
     pngs = sorted((out / "overlays").glob("*.png"))
     assert len(pngs) == len(preds) and pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The box is drawn where it was detected, red on a severe grade and green otherwise.
+    import cv2
+
+    from lumbar_lightning.inference.predict import MILD_BGR, SEVERE_BGR, overlay_png
+
+    row = preds.iloc[0].to_dict()
+    image = np.zeros((100, 80), np.float32)
+    for grade, colour in (("D", SEVERE_BGR), ("A", MILD_BGR)):
+        path = out / f"check_{grade}.png"
+        overlay_png(
+            image,
+            {
+                **row,
+                "pred_grade": grade,
+                "pred_x_min": 20,
+                "pred_x_max": 40,
+                "pred_y_min": 50,
+                "pred_y_max": 70,
+            },
+            path,
+            width=160,
+        )
+        drawn = cv2.imread(str(path))
+        assert drawn.shape == (200 + 34, 160, 3)  # scaled 2x, a caption band on top
+        assert tuple(drawn[34 + 100, 40 + 20]) == colour and tuple(drawn[34 + 120, 60]) == (0, 0, 0)
 
 
 def test_known_levels_are_used_and_an_ensemble_of_equal_folds_equals_one(
@@ -164,3 +189,16 @@ def test_estimated_levels_count_up_from_the_lowest_slice() -> None:
     levels = estimated_levels(positions, segment_mm=36.0, offset=0.25)
     # Boundaries at -50 + 36 * (k - 0.25): -23.0, 13.0, 49.0, 85.0, 121.0, 157.0
     assert levels == ["L5/S1", "L5/S1", "L4/L5", "L4/L5", "L3/L4", "T12/L1", "above T12/L1"]
+
+
+def test_serving_a_run_imports_no_lightning_torchmetrics_or_matplotlib() -> None:
+    """lumbar-predict starts a fresh process per study: Lightning and torchmetrics cost it ~2 s of imports and
+    matplotlib ~70 ms a slice, none of which serving needs (the stages' predictors are plain torch)."""
+    code = (
+        "import sys, lumbar_lightning.inference.predict, lumbar_lightning.cli.predict; "
+        "print(sorted(m for m in ('lightning', 'torchmetrics', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout

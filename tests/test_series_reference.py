@@ -148,7 +148,9 @@ def test_pipeline_uses_the_series_reference_of_its_own_rootlet_calls() -> None:
     grader = GradeClassifier(width=0.125, series_reference=True)
     grader.net = _Recorder()
     geometry = PatchGeometry(16)
-    pipe = Pipeline(CanalDetector(image_size=64), rootlet, grader, geometry, batch_size=2)
+    pipe = Pipeline(
+        CanalDetector(image_size=64).predictor, rootlet.predictor, grader.predictor, geometry, batch_size=2
+    )
     own = np.stack([geometry.crop(im, b, 1.0) for im, b in zip(images, boxes, strict=True)])
     bright = canal_brightness(own)
     assert bright[1] > bright[0] and bright[3] > max(bright[2], bright[4])

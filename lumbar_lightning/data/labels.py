@@ -17,6 +17,8 @@ GRADES = ("A", "B", "C", "D")
 LEVELS = ("rootlet", "cord")
 #: Class index of each level: the rootlet classifier's single logit is P(rootlet).
 LEVEL_INDEX = {"cord": 0, "rootlet": 1}
+#: The rootlet classifier's classes in index order.
+LEVEL_CLASSES = tuple(sorted(LEVEL_INDEX, key=LEVEL_INDEX.__getitem__))
 BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
 REQUIRED_COLUMNS = ("analyzer", "sop_instance_uid", *BOX_COLUMNS, "level", "grade")
 #: The labels CSV as the data contract writes it (the phantoms and tests write exactly these columns).

@@ -351,9 +351,9 @@ def inference_section(
     for name, cfg in presets.items():
         m = build_modules(cfg)
         pipeline = Pipeline(
-            m["detector"],
-            m["rootlet"],
-            m["grade"],
+            m["detector"].eval().predictor,
+            m["rootlet"].eval().predictor,
+            m["grade"].eval().predictor,
             stage_geometry(cfg, "rootlet"),
             batch_size=int(cfg.data.eval_batch_size),
             grade_patch=stage_geometry(cfg, "grade"),

@@ -311,9 +311,9 @@ def run_fold(
         }
 
     pipeline = Pipeline(
-        detector,
-        rootlet,
-        grader,
+        detector.eval().predictor,
+        rootlet.eval().predictor,
+        grader.eval().predictor,
         geometry["rootlet"],
         batch_size=cfg.data.eval_batch_size,
         grade_patch=geometry["grade"],

@@ -24,6 +24,7 @@ def layer_hashes(work_dir: str | os.PathLike[str]) -> dict[str, str]:
     from lumbar_lightning.data.phantom.cohort import PhantomCohort, PhantomConfig
     from lumbar_lightning.data.transforms import PatchGeometry
     from lumbar_lightning.models.nets import CanalVGG
+    from lumbar_lightning.models.predictors import three_channels
     from lumbar_lightning.models.stages import CanalDetector
 
     def digest(*arrays: Any) -> str:
@@ -81,7 +82,7 @@ def layer_hashes(work_dir: str | os.PathLike[str]) -> dict[str, str]:
         {"boxes": torch.tensor([[30.0, 30.0, 60.0, 60.0]]), "labels": torch.ones(1, dtype=torch.int64)}
         for _ in images
     ]
-    loss = sum(detector.net(detector._three_channels(images), targets).values())
+    loss = sum(detector.net(three_channels(images), targets).values())
     out["detector_loss"] = digest(loss)
     loss.backward()
     out["detector_backward"] = digest(*[p.grad for p in detector.parameters() if p.grad is not None])

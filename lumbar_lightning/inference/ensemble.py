@@ -15,16 +15,17 @@ import numpy as np
 import torch
 
 from lumbar_lightning.data.errors import DataContractError
+from lumbar_lightning.data.labels import GRADES, LEVEL_CLASSES
 from lumbar_lightning.data.transforms import PatchGeometry
 from lumbar_lightning.inference.pipeline import Pipeline, Prediction, load_stage_weights
 from lumbar_lightning.layout import FoldLayout, RunLayout
-from lumbar_lightning.models.stages import CanalDetector, GradeClassifier, RootletClassifier, StageModule
+from lumbar_lightning.models.predictors import CanalBoxPredictor, PatchPredictor, build_kwargs
 
-#: The only classes a run folder may name.
-STAGE_CLASSES: dict[str, type[StageModule]] = {
-    "detector": CanalDetector,
-    "rootlet": RootletClassifier,
-    "grade": GradeClassifier,
+#: The only classes a run folder may name (``models/stages.py``; named, not imported: serving needs no Lightning).
+STAGE_CLASSES: dict[str, str] = {
+    "detector": "CanalDetector",
+    "rootlet": "RootletClassifier",
+    "grade": "GradeClassifier",
 }
 
 
@@ -52,13 +53,12 @@ def load_fold_pipeline(fold_dir: Path, device: str = "cpu", batch_size: int | No
     """The three stages of one trained fold, from ``pipeline.json`` and the best checkpoints."""
     layout = FoldLayout(fold_dir)
     spec = json.loads(layout.pipeline.read_text())
-    modules: dict[str, StageModule] = {}
-    for stage, cls in STAGE_CLASSES.items():
+    modules: dict[str, CanalBoxPredictor | PatchPredictor] = {}
+    for stage, name in STAGE_CLASSES.items():
         recorded = spec["stages"][stage]
-        if recorded["class"] != cls.__name__:
+        if recorded["class"] != name:
             raise DataContractError(
-                f"{layout.pipeline}: stage {stage} is a {recorded['class']!r}; "
-                f"only {cls.__name__} is accepted"
+                f"{layout.pipeline}: stage {stage} is a {recorded['class']!r}; only {name} is accepted"
             )
         ckpt_path = layout.best(stage)
         if not ckpt_path.is_file():
@@ -75,7 +75,7 @@ def load_fold_pipeline(fold_dir: Path, device: str = "cpu", batch_size: int | No
             raise DataContractError(f"{ckpt_path} was trained with another model config: {text}")
         if "pretrained" in hparams:
             hparams["pretrained"] = None  # the weights come from the checkpoint, never from a path it names
-        module = cls(**hparams)
+        module = _predictor(stage, hparams)
         try:
             load_stage_weights(module, ckpt_path)
         except ValueError as exc:
@@ -84,13 +84,21 @@ def load_fold_pipeline(fold_dir: Path, device: str = "cpu", batch_size: int | No
     geometry = {s: PatchGeometry(**g) for s, g in spec["geometry"].items()}
     return Pipeline(
         modules["detector"],
-        modules["rootlet"],
-        modules["grade"],
+        modules["rootlet"],  # type: ignore[arg-type]
+        modules["grade"],  # type: ignore[arg-type]
         geometry["rootlet"],  # type: ignore[arg-type]
         batch_size=batch_size or spec["batch_size"],
         device=device,
         grade_patch=geometry["grade"],
     )
+
+
+def _predictor(stage: str, hparams: dict[str, Any]) -> CanalBoxPredictor | PatchPredictor:
+    """A stage's predictor, built from its checkpoint's hyperparameters as its LightningModule builds it."""
+    if stage == "detector":
+        return CanalBoxPredictor.build(**build_kwargs(CanalBoxPredictor.build, hparams))
+    class_names, binary = (LEVEL_CLASSES, True) if stage == "rootlet" else (GRADES, False)
+    return PatchPredictor.build(class_names, binary, **build_kwargs(PatchPredictor.build, hparams))
 
 
 def _plain(value: Any) -> Any:

@@ -13,7 +13,7 @@ import torch
 from lumbar_lightning.data.labels import GRADES, LEVEL_INDEX
 from lumbar_lightning.data.series import canal_brightness, reference_slices
 from lumbar_lightning.data.transforms import PatchGeometry, resize_image, scale_boxes
-from lumbar_lightning.models.stages import CanalDetector, GradeClassifier, RootletClassifier
+from lumbar_lightning.models.predictors import CanalBoxPredictor, PatchPredictor
 
 
 @dataclass
@@ -72,13 +72,15 @@ class Pipeline:
     """Detector, then rootlet classifier on the detected patch, then grader on the patches called rootlet.
 
     Images go in as full-size normalised arrays (the ingestion cache's format); everything runs in batches.
+    The stages are plain-torch predictors (a trained LightningModule's ``predictor``, or one rebuilt from a
+    checkpoint by ``load_fold_pipeline``), so serving a run imports no Lightning.
     """
 
     def __init__(
         self,
-        detector: CanalDetector,
-        rootlet: RootletClassifier,
-        grade: GradeClassifier,
+        detector: CanalBoxPredictor,
+        rootlet: PatchPredictor,
+        grade: PatchPredictor,
         patch: PatchGeometry,
         batch_size: int = 64,
         device: str | torch.device = "cpu",
@@ -144,7 +146,7 @@ class Pipeline:
             .numpy()
         )
         grade_in = level_in if self.grade_patch == self.patch else cut(self.grade_patch)
-        if self.grade.hparams.series_reference:
+        if self.grade.series_reference:
             groups = np.zeros(len(images)) if series is None else np.asarray(series)
             refs = reference_slices(groups, canal_brightness(grade_in[:, 0].cpu().numpy()), rootlet >= 0.5)
             grade_in = torch.cat([grade_in, cut(self.grade_patch, refs, scale=boxes)], dim=1)
@@ -192,9 +194,16 @@ class Pipeline:
 
 
 def load_stage_weights(module: torch.nn.Module, checkpoint: str | Path) -> torch.nn.Module:
-    """Load a Lightning checkpoint's weights safely (``weights_only=True``), naming the file if it does not fit."""
+    """Load a Lightning checkpoint's weights safely (``weights_only=True``), naming the file if it does not fit.
+
+    A predictor takes the checkpoint's serving state only (its network and prior; training state such as the
+    tracked best stays behind); a LightningModule takes all of it. Either way a missing or misshapen tensor fails.
+    """
     state = torch.load(Path(checkpoint), map_location="cpu", weights_only=True)
     weights = state.get("state_dict", state)
+    if isinstance(module, (CanalBoxPredictor, PatchPredictor)):
+        serving = module.state_dict().keys()
+        weights = {k: v for k, v in weights.items() if k in serving}
     try:
         module.load_state_dict(weights)
     except RuntimeError as exc:

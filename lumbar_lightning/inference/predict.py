@@ -71,27 +71,34 @@ def worst_grade_summary(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def overlay_png(image: np.ndarray, row: dict[str, Any], path: Path) -> None:
-    """The slice with the detected canal box, the level and the grade written on it."""
-    import matplotlib
+#: Overlay colours (BGR): severe grades (C, D) in red, the rest in green.
+SEVERE_BGR, MILD_BGR = (46, 87, 228), (106, 196, 41)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
 
-    fig, ax = plt.subplots(figsize=(3.2, 3.4), dpi=100)
-    ax.imshow(image, cmap="gray", vmin=0, vmax=1)
-    x0, y0, x1, y1 = (row[f"pred_{k}"] for k in ("x_min", "y_min", "x_max", "y_max"))
-    colour = "#e4572e" if row["pred_grade"] in ("C", "D") else "#29c46a"
-    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=1.5))
-    label = row["pred_level"] + (f", grade {row['pred_grade']}" if row["pred_grade"] else "")
-    ax.set_title(
-        f"{row['patient']} slice {row['slice_index']} ({row['vertebral_level']})\n{label}", fontsize=7
+def overlay_png(image: np.ndarray, row: dict[str, Any], path: Path, width: int = 320) -> None:
+    """The slice with the detected canal box, the level and the grade written above it.
+
+    Drawn with OpenCV, not matplotlib: a figure per slice took ~70 ms (more than the whole study's inference),
+    this takes ~1 ms, and the PNG carries no metadata.
+    """
+    import cv2
+
+    scale = width / max(image.shape[1], 1)
+    height = max(1, round(image.shape[0] * scale))
+    grey = cv2.resize(
+        (np.clip(image, 0.0, 1.0) * 255).astype(np.uint8), (width, height), interpolation=cv2.INTER_AREA
     )
-    ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, metadata={"Software": None})
-    plt.close(fig)
+    canvas = np.full((height + 34, width, 3), 255, np.uint8)
+    canvas[34:] = grey[..., None]
+    x0, y0, x1, y1 = (row[f"pred_{k}"] * scale for k in ("x_min", "y_min", "x_max", "y_max"))
+    colour = SEVERE_BGR if row["pred_grade"] in ("C", "D") else MILD_BGR
+    cv2.rectangle(canvas, (round(x0), round(y0) + 34), (round(x1), round(y1) + 34), colour, 2)
+    label = row["pred_level"] + (f", grade {row['pred_grade']}" if row["pred_grade"] else "")
+    lines = (f"{row['patient']} slice {row['slice_index']} ({row['vertebral_level']})", label)
+    for i, text in enumerate(lines):
+        cv2.putText(canvas, text, (6, 14 + 15 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    if not cv2.imwrite(str(path), canvas):
+        raise OSError(f"could not write {path}")
 
 
 def input_folder(cfg: DictConfig) -> Path:

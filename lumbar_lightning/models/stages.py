@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 
-from lumbar_lightning.data.labels import GRADES
+from lumbar_lightning.data.labels import GRADES, LEVEL_CLASSES
 from lumbar_lightning.models.metrics import classification_metrics, detection_metrics
-from lumbar_lightning.models.nets import CanalVGG, PlainCNN, build_faster_rcnn
+from lumbar_lightning.models.predictors import CanalBoxPredictor, PatchPredictor, build_kwargs, three_channels
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -94,62 +94,37 @@ class CanalDetector(StageModule):
     ) -> None:
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        self.net = build_faster_rcnn(
-            backbone,
-            image_size,
-            tuple(anchor_sizes),
-            rpn_pre_nms_top_n,
-            rpn_post_nms_top_n,
-            rpn_batch_size_per_image,
-            box_batch_size_per_image,
-            5,
-            representation_size,
-            pretrained,
-            roi_sampling_ratio,
-        )
-        if channels_last:  # NHWC convolutions: ~10% faster on CPU for the compact backbone (see CanalVGG)
-            self.net.to(memory_format=torch.channels_last)
+        built = CanalBoxPredictor.build(**self.hparams)
+        self.net = built.net
         self.image_size = image_size
         self.metrics = nn.ModuleDict({s: detection_metrics() for s in ("val", "test")})
 
-    @staticmethod
-    def _three_channels(images: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [im.expand(3, -1, -1) for im in images]
+    @property
+    def predictor(self) -> CanalBoxPredictor:
+        """This module's network as the plain-torch detector inference serves (a view: no copy, not a child,
+        so the checkpoint's keys stay ``net.*``)."""
+        view = CanalBoxPredictor(self.net, self.image_size)
+        view.training = self.training
+        return view
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        return self.net(self._three_channels(images))
+        return self.net(three_channels(images))
 
-    @torch.no_grad()
     def predict_top_box(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The best-scoring box per image (detector-input pixels) and its score; a centred box if none."""
-        was_training = self.net.training
-        self.net.eval()
-        outputs = self(images)
-        self.net.train(was_training)
-        boxes, scores = [], []
-        for out in outputs:
-            if len(out["boxes"]):
-                i = int(torch.argmax(out["scores"]))
-                boxes.append(out["boxes"][i])
-                scores.append(out["scores"][i])
-            else:
-                s = float(self.image_size)
-                boxes.append(torch.tensor([0.4 * s, 0.4 * s, 0.6 * s, 0.6 * s]))
-                scores.append(torch.tensor(0.0))
-        return torch.stack(boxes), torch.stack(scores)
+        return self.predictor.top_box(images)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int = 0) -> dict[str, torch.Tensor]:
         """The top box per image (detector-input pixels) and its score: what ``Trainer.predict`` returns and
-        the pipeline chains on (``Pipeline.detect`` calls this)."""
-        boxes, scores = self.predict_top_box(batch["image"])
-        return {"boxes": boxes, "scores": scores}
+        the pipeline chains on."""
+        return self.predictor.predict_step(batch, batch_idx)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         targets = [
             {"boxes": b, "labels": torch.ones(len(b), dtype=torch.int64, device=b.device)}
             for b in batch["boxes"]
         ]
-        losses = self.net(self._three_channels(batch["image"]), targets)
+        losses = self.net(three_channels(batch["image"]), targets)
         loss = sum(losses.values())
         self.train_loss(loss.detach())
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
@@ -213,35 +188,17 @@ class PatchClassifier(StageModule):
     ) -> None:
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        # series_reference: a second input channel, the series' reference slice (PatchDataModule, Pipeline)
-        in_channels = 2 if series_reference else 1
-        if arch == "vgg":
-            self.net: nn.Module = CanalVGG(
-                self.num_outputs,
-                width=width,
-                in_channels=in_channels,
-                batch_norm=batch_norm,
-                dropout=dropout,
-                channels_last=channels_last,
-            )
-        elif arch == "plain":  # the baseline CNN (model/grade=baseline)
-            self.net = PlainCNN(
-                self.num_outputs,
-                widths=tuple(max(4, round(w * width)) for w in (16, 32, 64, 64)),
-                in_channels=in_channels,
-            )
-        else:
-            raise ValueError(f"arch must be 'vgg' or 'plain', got {arch!r}")
+        built = PatchPredictor.build(
+            self.class_names, self.num_outputs == 1, **build_kwargs(PatchPredictor.build, self.hparams)
+        )
+        self.net: nn.Module = built.net
         metrics = classification_metrics(len(self.class_names))
         # ModuleDict keys cannot be "train" (an nn.Module method), hence the suffix.
         self.metrics = nn.ModuleDict(
             {f"{s}_m": metrics.clone(prefix=f"{s}/") for s in ("train", "val", "test")}
         )
         # Training-label frequencies, for logit adjustment at inference (balanced sampling trains a uniform prior).
-        prior = torch.tensor(
-            class_prior if class_prior else [1.0] * len(self.class_names), dtype=torch.float32
-        )
-        self.register_buffer("log_prior", torch.log(prior / prior.sum()))
+        self.register_buffer("log_prior", built.log_prior)
 
     @property
     def num_outputs(self) -> int:
@@ -253,39 +210,36 @@ class PatchClassifier(StageModule):
         self.log_prior.copy_(torch.log(counts / counts.sum()).to(self.log_prior.device))
         self.hparams["class_prior"] = [float(c) for c in counts]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits; in eval mode with ``flip_tta`` the mean over the patch and its mirror image.
+    @property
+    def predictor(self) -> PatchPredictor:
+        """This module's network and prior as the plain-torch classifier inference serves (a view: no copy, not
+        a child, so the checkpoint's keys stay ``net.*`` and ``log_prior``)."""
+        view = PatchPredictor(
+            self.net,
+            self.log_prior,
+            self.num_outputs == 1,
+            self.hparams.prior_correction,
+            self.hparams.flip_tta,
+            self.hparams.series_reference,
+        )
+        view.training = self.training
+        return view
 
-        Left and right are symmetric for both tasks (training flips at random), so averaging the two reads halves
-        the variance that comes from where exactly the rootlets happen to lie.
-        """
-        logits = self.net(x)
-        if self.hparams.flip_tta and not self.training:
-            logits = 0.5 * (logits + self.net(torch.flip(x, dims=[-1])))
-        return logits
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (``PatchPredictor.forward``: with ``flip_tta``, averaged with the mirror image in eval mode)."""
+        return self.predictor(x)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def class_log_probs(self, logits: torch.Tensor, adjust: bool | None = None) -> torch.Tensor:
         """Log-probabilities per class; with ``adjust`` the training prior is added back (logit adjustment)."""
-        adjust = self.hparams.prior_correction if adjust is None else adjust
-        logp = self.logits_to_log_probs(logits)
-        if adjust:
-            logp = torch.log_softmax(logp + self.log_prior, dim=-1)
-        return logp
-
-    def logits_to_log_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(logits, dim=-1)
+        return self.predictor.class_log_probs(logits, adjust)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int = 0) -> dict[str, torch.Tensor]:
         """Class probabilities with the training prior added back where configured (``probs``) and without
         (``probs_balanced``): what ``Trainer.predict`` returns and the pipeline uses (``Pipeline.classify``)."""
-        logits = self(batch["image"])
-        return {
-            "probs": self.class_log_probs(logits).exp(),
-            "probs_balanced": self.class_log_probs(logits, adjust=False).exp(),
-        }
+        return self.predictor.predict_step(batch, batch_idx)
 
     def _step(self, batch: dict[str, Any], split: str) -> torch.Tensor:
         logits = self(batch["image"])
@@ -346,7 +300,7 @@ class PatchClassifier(StageModule):
 class RootletClassifier(PatchClassifier):
     """Rootlet (cauda equina) or spinal cord level: one logit, binary cross-entropy."""
 
-    class_names = ("cord", "rootlet")
+    class_names = LEVEL_CLASSES
 
     @property
     def num_outputs(self) -> int:
@@ -354,9 +308,6 @@ class RootletClassifier(PatchClassifier):
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(logits[:, 0], target.float())
-
-    def logits_to_log_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.stack([F.logsigmoid(-logits[:, 0]), F.logsigmoid(logits[:, 0])], dim=-1)
 
 
 class GradeClassifier(PatchClassifier):
