@@ -118,6 +118,14 @@ class RunLayout:
         return self.figures / "worst_cases.png"
 
     @property
+    def reliability_figure(self) -> Path:
+        return self.figures / "reliability.png"
+
+    @property
+    def referral_figure(self) -> Path:
+        return self.figures / "referral.png"
+
+    @property
     def summary(self) -> Path:
         return self.root / "cv_summary.json"
 

@@ -6,8 +6,10 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import TINY_CV
 from hydra import compose, initialize_config_dir
 from wandb_offline import offline_runs
@@ -128,6 +130,38 @@ def test_report_and_figures(tiny_cv: Path) -> None:
     assert all(c["pred_grade"] != c["reference"] and c["patient"].startswith("P-") for c in cases)
     keys = [(-c["distance"], -c["confidence"]) for c in cases]
     assert keys == sorted(keys)
+
+
+def test_calibration_and_referral_are_reported_per_rater_and_pair(tiny_cv: Path) -> None:
+    """#19: each patch stage's temperature and ECE before/after (pooled test folds), and the referral curve."""
+    summary = json.loads((tiny_cv / "cv_summary.json").read_text())
+    report = (tiny_cv / "report.md").read_text()
+    folds = sorted((tiny_cv / "A1").glob("fold_*/metrics.json"))
+    tested = 0
+    for path in folds:
+        metrics = json.loads(path.read_text())
+        cal = metrics["grade"]["gt_box"]["calibration"]
+        assert (
+            sum(cal["bins_before"]["count"])
+            == sum(cal["bins_after"]["count"])
+            == np.sum(metrics["grade"]["gt_box"]["test/confmat"])
+        )
+        tested += sum(cal["bins_after"]["count"])
+        # The fitted temperature travels in the best checkpoint (what lumbar-predict loads).
+        state = torch.load(path.parent / "checkpoints" / "grade" / "best.ckpt", weights_only=True)
+        assert float(state["state_dict"]["temperature"]) == pytest.approx(cal["temperature"])
+    grade = summary["calibration"]["A1"]["grade"]
+    assert len(grade["temperature"]) == len(folds) and sum(grade["bins_after"]["count"]) == tested
+    assert 0.0 <= grade["ece_after"] <= 1.0 and "## Calibration" in report
+    assert (tiny_cv / "figures" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    referral = summary["referral"]
+    assert {"truth-C1", "A1-C1", "truth-C2", "A2-C2"} <= set(referral["pairs"])
+    full = referral["pairs"]["A1-C1"]
+    assert full["coverage"][0] == 1.0 and full["accuracy"][0] == pytest.approx(
+        summary["grade"]["A1-C1"]["accuracy"]
+    )
+    assert referral["rater_agreement"] == pytest.approx(summary["grade"]["A1-A2"]["accuracy"])
+    assert "## Referral" in report and (tiny_cv / "figures" / "referral.png").is_file()
 
 
 def test_the_baseline_cnn_is_trained_on_the_same_folds_and_reported(tiny_cv: Path) -> None:

@@ -294,3 +294,31 @@ def test_the_detector_can_draw_severe_canals_more_often(tiny_phantom: Path) -> N
     plain.setup()
     order = [i for i, _ in plain.sampler("train")]
     assert sorted(order) == list(range(len(rows)))  # a permutation: every slice once per epoch
+
+
+def test_an_ensemble_says_how_many_of_its_folds_agree_with_its_call() -> None:
+    from lumbar_lightning.inference.ensemble import Ensemble
+
+    def pipeline(grade_logits: list[float]) -> Pipeline:
+        rootlet = RootletClassifier(width=0.125)
+        rootlet.net = _MeanLogit()
+        grader = GradeClassifier(width=0.125, prior_correction=False)
+        grader.net = _Constant(grade_logits)
+        return Pipeline(_FixedDetector(64).predictor, rootlet.predictor, grader.predictor, PatchGeometry(16))
+
+    bright = np.zeros((128, 128), np.float32)
+    bright[32:64, 16:48] = 1.0
+    folds = [pipeline([0, 3, 0, 0]), pipeline([0, 3, 0, 0]), pipeline([0, 0, 4, 0])]  # B, B, C
+    (pred,) = Ensemble(folds).predict([bright], pixel_mm=[1.0])
+    assert pred.level == "rootlet" and pred.grade == "B"  # the mean probabilities still favour B
+    assert pred.fold_agreement == pytest.approx(2 / 3)
+    assert pred.confidence == pytest.approx(min(pred.rootlet_prob, float(pred.grade_probs.max())))
+
+
+class _Constant(nn.Module):
+    def __init__(self, logits: list[float]) -> None:
+        super().__init__()
+        self.logits = torch.tensor([logits], dtype=torch.float32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.repeat(len(x), 1)

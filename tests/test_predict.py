@@ -91,6 +91,11 @@ def test_summary_is_the_worst_grade_per_level_and_overlays_exist(prediction: dic
         assert (
             row.worst_grade == worst and row.slices == (preds["vertebral_level"] == row.vertebral_level).sum()
         )
+    assert (preds["refer"] == (preds["confidence"] < 0.6) | (preds["fold_agreement"] < 0.7)).all()
+    want = np.where(preds["pred_grade"] != "", preds[["p_A", "p_B", "p_C", "p_D"]].max(axis=1), 1.0)
+    level = np.maximum(preds["rootlet_prob"], 1 - preds["rootlet_prob"])
+    np.testing.assert_allclose(preds["confidence"], np.minimum(level, want), atol=2e-4)
+    assert summary["referred_slices"].sum() == preds["refer"].sum()
     pngs = sorted((out / "overlays").glob("*.png"))
     assert len(pngs) == len(preds) and pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The box is drawn where it was detected, red on a severe grade and green otherwise.
@@ -146,6 +151,9 @@ def test_known_levels_are_used_and_an_ensemble_of_equal_folds_equals_one(
     truth = dict(zip(labels["sop_instance_uid"], labels["vertebral_level"], strict=True))
     assert list(ensemble["vertebral_level"]) == [truth[u] for u in ensemble["sop_instance_uid"]]
     assert (ensemble["level_source"] == "labels").all()
+    # Equal folds always agree: referral is by confidence alone, as the config's threshold says.
+    assert (ensemble["fold_agreement"] == 1.0).all()
+    assert (ensemble["refer"] == (ensemble["confidence"] < 0.6)).all()
 
 
 @pytest.mark.slow  # make test-full: 19 s

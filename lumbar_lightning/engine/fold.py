@@ -9,12 +9,14 @@ import csv
 import dataclasses
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,10 +24,11 @@ from lumbar_lightning.data.datamodules import load_dataset
 from lumbar_lightning.data.dataset import LumbarDataset
 from lumbar_lightning.data.transforms import PatchGeometry
 from lumbar_lightning.engine.detector_sharing import detector_rater
+from lumbar_lightning.evaluation.calibration import calibration_report
 from lumbar_lightning.evaluation.chained import chained_metrics
 from lumbar_lightning.inference.labelled import baseline_grades, predict_test_images
 from lumbar_lightning.inference.pipeline import Pipeline, load_stage_weights
-from lumbar_lightning.io import atomic_write_text
+from lumbar_lightning.io import atomic_write_text, private_tmp
 from lumbar_lightning.layout import FoldLayout
 from lumbar_lightning.models.stages import (
     CanalDetector,
@@ -179,6 +182,7 @@ def _fit_stage(
     metrics: dict[str, Any] = epoch_metrics(tester.test(module, datamodule=datamodule, verbose=False))
     if isinstance(module, PatchClassifier):
         metrics["test/confmat"] = module.confusion_matrix("test")
+        metrics["calibration"] = calibrate(tester, module, datamodule, layout.best(stage))
     metrics.update(best_val_metrics)
     metrics["best_val"] = best_val
     metrics["epochs"] = epochs
@@ -191,6 +195,35 @@ def _fit_stage(
     layout.stage_dir(stage).mkdir(parents=True, exist_ok=True)
     atomic_write_text(layout.done(stage), json.dumps(metrics, default=float))
     return metrics
+
+
+def calibrate(
+    tester: L.Trainer, module: PatchClassifier, datamodule: L.LightningDataModule, checkpoint: Path
+) -> dict[str, Any]:
+    """Temperature scaling: fitted on the validation split, ECE and reliability bins before and after on the test
+    split. The temperature goes into ``checkpoint`` (the stage's best), so the fold's chained pipeline,
+    ``lumbar-predict`` and ``lumbar-evaluate`` all grade with calibrated probabilities."""
+    module.set_temperature(1.0)  # a rerun after a cut-off may have reloaded an already calibrated checkpoint
+
+    def outputs(loader: Any) -> tuple[np.ndarray, np.ndarray]:
+        batches = tester.predict(module, dataloaders=loader) or []
+        if not batches:
+            return np.zeros((0, len(module.class_names))), np.zeros(0, dtype=np.int64)
+        log_probs = torch.cat([b["log_probs"] for b in batches]).double().cpu().numpy()
+        return log_probs, torch.cat([b["target"] for b in batches]).cpu().numpy()
+
+    report = calibration_report(*outputs(datamodule.val_dataloader()), *outputs(datamodule.test_dataloader()))
+    module.set_temperature(report["temperature"])
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state["state_dict"]["temperature"] = module.temperature.detach().cpu().clone()
+        tmp = private_tmp(checkpoint)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, checkpoint)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return report
 
 
 def epoch_metrics(logged: list[dict[str, float]]) -> dict[str, float]:

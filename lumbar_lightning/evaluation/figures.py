@@ -120,3 +120,68 @@ def failure_grid(cases: Any, image_of: Any, out_png: Path | str, crop_factor: fl
         "Most confident wrong grades (red: two grades or more off); detected box in yellow", fontsize=9
     )
     return _save(fig, out_png)
+
+
+def reliability_figure(calibration: dict[str, dict[str, Any]], out_png: Path | str) -> Path:
+    """One panel per rater and stage: accuracy against confidence per bin, before and after temperature scaling
+    (pooled test folds); the diagonal is perfect calibration, the bars the share of images per bin."""
+    panels = [(rater, stage, row) for rater, stages in calibration.items() for stage, row in stages.items()]
+    cols = max(1, min(3, len(panels)))
+    rows = max(1, int(np.ceil(len(panels) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.3 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    for ax, (rater, stage, row) in zip(axes.flat, panels, strict=False):
+        ax.plot([0, 1], [0, 1], color="#999999", lw=0.8, ls="--")
+        for key, colour, name in (("bins_before", "#e4572e", "before"), ("bins_after", "#1f77b4", "after")):
+            count = np.asarray(row[key]["count"], dtype=float)
+            used = count > 0
+            conf = np.asarray(row[key]["confidence"])[used] / count[used]
+            acc = np.asarray(row[key]["hits"])[used] / count[used]
+            ece = row["ece_before" if key == "bins_before" else "ece_after"]
+            ax.plot(conf, acc, marker="o", ms=3, color=colour, label=f"{name}: ECE {100 * ece:.1f}%")
+        count = np.asarray(row["bins_after"]["count"], dtype=float)
+        edges = np.linspace(0, 1, len(count) + 1)
+        ax.bar(
+            edges[:-1],
+            0.25 * count / max(count.sum(), 1),
+            width=np.diff(edges),
+            align="edge",
+            color="#1f77b4",
+            alpha=0.15,
+        )
+        t = np.asarray(row["temperature"], dtype=float)
+        ax.set_title(f"{rater} {stage}: T {t.mean():.2f} ({t.min():.2f}-{t.max():.2f})", fontsize=9)
+        ax.set_xlabel("confidence", fontsize=8)
+        ax.set_ylabel("accuracy", fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(
+        "Reliability on the test folds (rater's boxes), before and after temperature scaling", fontsize=10
+    )
+    return _save(fig, out_png)
+
+
+def referral_figure(referral: dict[str, Any], out_png: Path | str) -> Path:
+    """Agreement on the images kept against coverage, the least confident referred first; the raters' own
+    agreement as the line to beat and five points above it as the target."""
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    for pair, curve in referral.get("pairs", {}).items():
+        ax.plot(
+            100 * np.asarray(curve["coverage"]),
+            100 * np.asarray(curve["accuracy"]),
+            marker="o",
+            ms=3,
+            label=pair,
+        )
+    if "rater_agreement" in referral:
+        line = 100 * referral["rater_agreement"]
+        ax.axhline(line, color="#555555", lw=1, ls="--", label=f"raters agree {line:.1f}%")
+        ax.axhline(line + 5, color="#555555", lw=0.8, ls=":", label="raters + 5 points")
+    ax.set_xlabel("coverage: images graded, % (least confident referred)", fontsize=8)
+    ax.set_ylabel("grade agreement on graded images, %", fontsize=8)
+    ax.invert_xaxis()
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title("Referral: agreement against coverage", fontsize=10)
+    return _save(fig, out_png)

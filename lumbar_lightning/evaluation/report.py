@@ -10,9 +10,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lumbar_lightning.data.labels import GRADES
-from lumbar_lightning.evaluation.figures import confusion_grid, failure_grid, worst_cases
+from lumbar_lightning.evaluation.calibration import calibration_summary
+from lumbar_lightning.evaluation.figures import (
+    confusion_grid,
+    failure_grid,
+    referral_figure,
+    reliability_figure,
+    worst_cases,
+)
+from lumbar_lightning.evaluation.referral import referral_table
 from lumbar_lightning.evaluation.statistics import fold_summary
-from lumbar_lightning.evaluation.study import PAPER, load_cv_predictions, load_fold_predictions, study_tables
+from lumbar_lightning.evaluation.study import (
+    PAPER,
+    classifier_name,
+    load_cv_predictions,
+    load_fold_predictions,
+    readers,
+    study_tables,
+    task_set,
+)
 from lumbar_lightning.io import atomic_write_text
 from lumbar_lightning.layout import RunLayout
 
@@ -36,12 +52,19 @@ SUMMARY_KEYS = (
 )
 
 
-def per_fold_metrics(root: Path) -> dict[str, dict[str, dict[str, float]]]:
+def fold_metrics(root: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every finished fold's metrics.json, per rater."""
+    finished = RunLayout(root).folds(having="metrics")
+    return {
+        rater: [json.loads(f.metrics.read_text()) for f in finished if f.rater == rater]
+        for rater in sorted({f.rater for f in finished})
+    }
+
+
+def per_fold_metrics(per_rater: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, float]]]:
     """Mean and spread across folds of each rater's chained metrics (from every fold's metrics.json)."""
     out: dict[str, dict[str, dict[str, float]]] = {}
-    finished = RunLayout(root).folds(having="metrics")
-    for rater in sorted({f.rater for f in finished}):
-        folds = [json.loads(f.metrics.read_text()) for f in finished if f.rater == rater]
+    for rater, folds in per_rater.items():
         series = {
             "detection_rate": [m["detector"].get("test/acc", np.nan) for m in folds],
             "detection_iou": [m["detector"].get("test/iou", np.nan) for m in folds],
@@ -84,6 +107,12 @@ def cv_summary(
     root = Path(root)
     frame = load_cv_predictions(root, fold_predictions)
     tables = study_tables(frame, seed)
+    folds = fold_metrics(root)
+    who = readers(frame)
+    referral_pairs = [(t, c) for t in who["truth"] for c in who["classifiers"]]
+    referral_pairs += [
+        (r, classifier_name(r)) for r in who["raters"] if classifier_name(r) in who["classifiers"]
+    ]
     return {
         "rootlet": {
             p: {k: v for k, v in row.items() if k in SUMMARY_KEYS} for p, row in tables["rootlet"].items()
@@ -94,7 +123,9 @@ def cv_summary(
         "baseline": baseline_comparison(tables["grade"]),
         "per_level": tables["per_level"],
         "grade_distribution": tables["grade_distribution"],
-        "per_fold": per_fold_metrics(root),
+        "per_fold": per_fold_metrics(folds),
+        "calibration": calibration_summary(folds),
+        "referral": referral_table(task_set(frame, "grade"), referral_pairs, who["raters"]),
         "paper": PAPER,
         "paper_comparable_f1": tables["paper_comparable_f1"],
         "images": len(frame),
@@ -165,6 +196,8 @@ def render_report(summary: dict[str, Any], title: str = "lumbar-lightning cross-
                 f"{_pct(b['f1_macro'])} | {c['kappa_quadratic']:.3f} / {b['kappa_quadratic']:.3f} | "
                 f"{c['gross_errors']:.0f} / {b['gross_errors']:.0f} |"
             )
+    lines += calibration_lines(summary.get("calibration", {}))
+    lines += referral_lines(summary.get("referral", {}))
     lines += ["", "## Grade distribution (%)", "", "| reader | A | B | C | D |", "|---|---|---|---|---|"]
     for who, dist in summary["grade_distribution"].items():
         lines.append(f"| {who} | " + " | ".join(_pct(dist[g]) for g in GRADES) + " |")
@@ -208,6 +241,59 @@ def render_report(summary: dict[str, Any], title: str = "lumbar-lightning cross-
         lines.append(f"| {rater} | " + " | ".join(cells) + f" | {m['seconds']['mean']:.0f} |")
     lines.append("")
     return "\n".join(lines)
+
+
+def calibration_lines(calibration: dict[str, dict[str, Any]]) -> list[str]:
+    """The calibration section: each stage's temperature and test-fold ECE before and after scaling."""
+    if not calibration:
+        return []
+    lines = [
+        "",
+        "## Calibration",
+        "",
+        "Expected calibration error (15 confidence bins, pooled over the test folds, the rater's own boxes) before",
+        "and after temperature scaling fitted on each fold's validation split. The temperature never changes a",
+        "call: only how sure the classifier says it is, which referral ranks by.",
+        "",
+        "| rater | stage | temperature mean (range) | ECE before % | ECE after % | ECE after, per fold mean % |",
+        "|---|---|---|---|---|---|",
+    ]
+    for rater, stages in calibration.items():
+        for stage, row in stages.items():
+            t = np.asarray(row["temperature"], dtype=float)
+            lines.append(
+                f"| {rater} | {stage} | {t.mean():.2f} ({t.min():.2f}-{t.max():.2f}) | {_pct(row['ece_before'])} | "
+                f"{_pct(row['ece_after'])} | {_pct(float(np.mean(row['ece_after_per_fold'])))} |"
+            )
+    figure = RunLayout(Path()).reliability_figure  # relative to the report
+    return [*lines, "", f"![reliability diagrams]({figure})"]
+
+
+def referral_lines(referral: dict[str, Any]) -> list[str]:
+    """The referral section: grade agreement on the images kept at each coverage."""
+    if not referral.get("pairs"):
+        return []
+    coverages = next(iter(referral["pairs"].values()))["coverage"]
+    lines = [
+        "",
+        "## Referral",
+        "",
+        "Grade agreement on the images the classifier keeps when the least confident (calibrated top probability)",
+        "are referred to a human, at each coverage (share of images graded).",
+    ]
+    if "rater_agreement" in referral:
+        lines.append(
+            f"The raters agree on {_pct(referral['rater_agreement'])}% of the same images: the line to beat."
+        )
+    lines += [
+        "",
+        "| pair | " + " | ".join(f"{100 * c:.0f}%" for c in coverages) + " |",
+        "|---|" + "---|" * len(coverages),
+    ]
+    for pair, curve in referral["pairs"].items():
+        lines.append(f"| {pair} | " + " | ".join(_pct(a) for a in curve["accuracy"]) + " |")
+    figure = RunLayout(Path()).referral_figure
+    return [*lines, "", f"![accuracy against coverage]({figure})"]
 
 
 def write_cv_report(
@@ -259,6 +345,10 @@ def write_cv_report(
             f"{task}: reference reader on rows",
             layout.confusion_figure(task),
         )
+    if summary.get("calibration"):
+        reliability_figure(summary["calibration"], layout.reliability_figure)
+    if summary.get("referral", {}).get("pairs"):
+        referral_figure(summary["referral"], layout.referral_figure)
     atomic_write_text(layout.summary, json.dumps(summary, indent=2, default=float))
     report = render_report(summary, title or f"lumbar-lightning cross-validation: {root.name}")
     atomic_write_text(layout.report, report + appendix)

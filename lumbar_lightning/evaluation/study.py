@@ -77,6 +77,9 @@ def load_cv_predictions(root: Path | str, fold_predictions: pd.DataFrame | None 
         base[f"level_{c}"] = part["pred_level"]
         # The grader's call on the detected patch (identical to pred_grade wherever the chain says rootlet).
         base[f"grade_{c}"] = pd.Series(np.asarray(GRADES)[probs.argmax(axis=1)], index=part.index)
+        base[f"conf_{c}"] = pd.Series(
+            probs.max(axis=1), index=part.index
+        )  # calibrated: what referral ranks by
         base[f"fold_{c}"] = part["fold"]
         if "baseline_grade" in part:  # the baseline CNN on the rater's own boxes (grade task only)
             base[f"grade_{baseline_name(rater)}"] = part["baseline_grade"]

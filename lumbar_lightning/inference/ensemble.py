@@ -117,13 +117,18 @@ class Ensemble:
         if len(self.pipelines) == 1:
             return self.pipelines[0].predict(images, pixel_mm=pixel_mm, **kwargs)
         per_fold = [p.predict(images, pixel_mm=pixel_mm, **kwargs) for p in self.pipelines]
-        return [
-            Prediction.decide(
+        out = []
+        for preds in zip(*per_fold, strict=True):
+            mean = Prediction.decide(
                 np.mean([p.box for p in preds], axis=0),
                 float(np.mean([p.box_score for p in preds])),
                 float(np.mean([p.rootlet_prob for p in preds])),
                 np.mean([p.grade_probs for p in preds], axis=0),
                 np.mean([p.grade_probs_balanced for p in preds], axis=0),
             )
-            for preds in zip(*per_fold, strict=True)
-        ]
+            # disagreement across the folds: a second, model-based reason to refer (lumbar-predict's refer)
+            mean.fold_agreement = float(
+                np.mean([(p.level, p.grade) == (mean.level, mean.grade) for p in preds])
+            )
+            out.append(mean)
+        return out

@@ -27,6 +27,14 @@ class Prediction:
     grade_probs: np.ndarray  # prior-corrected if the grader is configured so
     grade_probs_balanced: np.ndarray  # without prior correction
     grade: str  # empty where the level is cord
+    fold_agreement: float = 1.0  # share of a fold ensemble's members whose own call is this level and grade
+
+    @property
+    def confidence(self) -> float:
+        """How sure the pipeline is of what it says: the level's probability, and on rootlet slices the lower of
+        that and the grade's (calibrated where the run fitted a temperature)."""
+        level = max(self.rootlet_prob, 1.0 - self.rootlet_prob)
+        return min(level, float(np.max(self.grade_probs))) if self.grade else level
 
     @classmethod
     def decide(
@@ -65,6 +73,8 @@ class Prediction:
             row[f"p_{g}_balanced"] = round(float(q), 4)
         row["pred_grade"] = self.grade
         row["pred_grade_balanced"] = GRADES[int(np.argmax(self.grade_probs_balanced))] if self.grade else ""
+        row["confidence"] = round(self.confidence, 4)
+        row["fold_agreement"] = round(self.fold_agreement, 4)
         return row
 
 
@@ -204,6 +214,11 @@ def load_stage_weights(module: torch.nn.Module, checkpoint: str | Path) -> torch
     if isinstance(module, (CanalBoxPredictor, PatchPredictor)):
         serving = module.state_dict().keys()
         weights = {k: v for k, v in weights.items() if k in serving}
+    if "temperature" in module.state_dict() and "temperature" not in weights:
+        weights = {
+            **weights,
+            "temperature": torch.ones(()),
+        }  # a checkpoint from before calibration: uncalibrated
     try:
         module.load_state_dict(weights)
     except RuntimeError as exc:

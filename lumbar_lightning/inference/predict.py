@@ -62,6 +62,7 @@ def worst_grade_summary(frame: pd.DataFrame) -> pd.DataFrame:
                 "level_source": part["level_source"].iloc[0],
                 "slices": len(part),
                 "rootlet_slices": int((part["pred_level"] == "rootlet").sum()),
+                "referred_slices": int(part["refer"].sum()),
                 "worst_grade": worst,
                 "worst_grade_slice": int(graded.loc[graded["pred_grade"] == worst, "slice_index"].iloc[0])
                 if worst
@@ -99,6 +100,11 @@ def overlay_png(image: np.ndarray, row: dict[str, Any], path: Path, width: int =
         cv2.putText(canvas, text, (6, 14 + 15 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     if not cv2.imwrite(str(path), canvas):
         raise OSError(f"could not write {path}")
+
+
+def referred(predictions: pd.DataFrame, confidence: float, fold_agreement: float) -> pd.Series:
+    """Slices to send to a human: the pipeline is unsure of its call, or the folds of its ensemble disagree."""
+    return (predictions["confidence"] < confidence) | (predictions["fold_agreement"] < fold_agreement)
 
 
 def input_folder(cfg: DictConfig) -> Path:
@@ -180,6 +186,11 @@ def predict(cfg: DictConfig, out: Path) -> pd.DataFrame:
                 for image, row in zip(pixels, frame.to_dict("records"), strict=True):
                     overlay_png(image, row, overlays / f"{patient}_{row['slice_index']:03d}.png")
     predictions = pd.concat(frames, ignore_index=True)
+    predictions["refer"] = referred(predictions, cfg.referral.confidence, cfg.referral.fold_agreement)
+    log.info(
+        f"{int(predictions['refer'].sum())} of {len(predictions)} slices referred (confidence < "
+        f"{cfg.referral.confidence} or fold agreement < {cfg.referral.fold_agreement})"
+    )
     atomic_write_text(out / "predictions.csv", predictions.to_csv(index=False))
     atomic_write_text(out / "summary.csv", worst_grade_summary(predictions).to_csv(index=False))
     n, seconds = (sum(v) for v in zip(*timings, strict=True))

@@ -111,6 +111,8 @@ class PatchPredictor(nn.Module):
     ``binary``: one logit (rootlet vs cord, class 1 at positive logits); else one logit per class.
     ``prior_correction``: add the training split's log prior back at inference (balanced sampling trains a
     uniform prior). ``flip_tta``: in eval mode, the mean logits of the patch and its mirror image.
+    ``temperature``: the final log-probabilities are divided by it (temperature scaling, fitted on a fold's
+    validation split after training; 1 until then). It never changes which class wins.
     """
 
     def __init__(
@@ -121,10 +123,12 @@ class PatchPredictor(nn.Module):
         prior_correction: bool = True,
         flip_tta: bool = False,
         series_reference: bool = False,
+        temperature: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.net = net
         self.register_buffer("log_prior", log_prior)
+        self.register_buffer("temperature", torch.ones(()) if temperature is None else temperature)
         self.binary = binary
         self.prior_correction = prior_correction
         self.flip_tta = flip_tta
@@ -178,11 +182,14 @@ class PatchPredictor(nn.Module):
         return torch.log_softmax(logits, dim=-1)
 
     def class_log_probs(self, logits: torch.Tensor, adjust: bool | None = None) -> torch.Tensor:
-        """Log-probabilities per class; with ``adjust`` the training prior is added back (logit adjustment)."""
+        """Log-probabilities per class; with ``adjust`` the training prior is added back (logit adjustment); then
+        the temperature, where one was fitted."""
         adjust = self.prior_correction if adjust is None else adjust
         logp = self.logits_to_log_probs(logits)
         if adjust:
             logp = torch.log_softmax(logp + self.log_prior, dim=-1)
+        if float(self.temperature) != 1.0:  # skipped at 1: renormalising would move the last bits
+            logp = torch.log_softmax(logp / self.temperature, dim=-1)
         return logp
 
     @torch.no_grad()
@@ -190,7 +197,12 @@ class PatchPredictor(nn.Module):
         """Class probabilities with the training prior added back where configured (``probs``) and without
         (``probs_balanced``)."""
         logits = self(batch["image"])
-        return {
-            "probs": self.class_log_probs(logits).exp(),
+        log_probs = self.class_log_probs(logits)
+        out = {
+            "probs": log_probs.exp(),
             "probs_balanced": self.class_log_probs(logits, adjust=False).exp(),
+            "log_probs": log_probs,
         }
+        if "target" in batch:  # a labelled batch: what calibration fits against
+            out["target"] = batch["target"]
+        return out

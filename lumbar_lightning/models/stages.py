@@ -199,10 +199,19 @@ class PatchClassifier(StageModule):
         )
         # Training-label frequencies, for logit adjustment at inference (balanced sampling trains a uniform prior).
         self.register_buffer("log_prior", built.log_prior)
+        self.register_buffer("temperature", built.temperature)  # fitted after training (engine/fold.py)
 
     @property
     def num_outputs(self) -> int:
         return len(self.class_names)
+
+    def set_temperature(self, temperature: float) -> None:
+        """The temperature fitted on the validation split (saved in the checkpoint with the weights)."""
+        self.temperature.fill_(float(temperature))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a fit resumed from a checkpoint written before calibration existed: uncalibrated
+        checkpoint["state_dict"].setdefault("temperature", torch.ones(()))
 
     def set_class_prior(self, counts: np.ndarray) -> None:
         """Record the training split's class frequencies (saved in the checkpoint with the weights)."""
@@ -221,6 +230,7 @@ class PatchClassifier(StageModule):
             self.hparams.prior_correction,
             self.hparams.flip_tta,
             self.hparams.series_reference,
+            self.temperature,
         )
         view.training = self.training
         return view

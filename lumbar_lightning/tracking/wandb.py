@@ -178,3 +178,19 @@ def log_summary_run(cfg: DictConfig, root: Path, summary: dict[str, Any]) -> Non
                     f"grade/{pair}/gross_errors": r["gross_errors"],
                 }
             )
+        for rater, stages in summary.get("calibration", {}).items():  # before and after temperature scaling
+            for stage, r in stages.items():
+                run.summary.update(
+                    {f"calibration/{rater}/{stage}/{k}": r[k] for k in ("ece_before", "ece_after")}
+                )
+        for pair, curve in summary.get("referral", {}).get("pairs", {}).items():
+            run.summary.update(
+                {
+                    f"referral/{pair}/accuracy_at_{round(100 * c)}": a
+                    for c, a in zip(curve["coverage"], curve["accuracy"], strict=True)
+                }
+            )
+        layout = RunLayout(root)
+        for name, path in (("reliability", layout.reliability_figure), ("referral", layout.referral_figure)):
+            if path.is_file():
+                run.log({f"figures/{name}": wandb.Image(str(path))})
