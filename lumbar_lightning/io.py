@@ -5,29 +5,30 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write then rename, so a reader never sees half a file."""
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """``write`` a temporary file next to ``path``, then rename it over ``path``: a reader (or a run resumed after
+    a kill) sees the old file or the new one, never half of one."""
     path = Path(path)
     tmp = private_tmp(path)
     try:
-        tmp.write_text(text)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write then rename, so a reader never sees half a file."""
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
 def atomic_copy(src: Path, dst: Path) -> None:
     """Copy then rename: a run killed mid-copy leaves the old file or none, never a truncated one."""
-    dst = Path(dst)
-    tmp = private_tmp(dst)
-    try:
-        shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(dst, lambda tmp: shutil.copy2(src, tmp))
 
 
 def private_tmp(path: Path) -> Path:

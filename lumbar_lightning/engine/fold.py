@@ -9,7 +9,6 @@ import csv
 import dataclasses
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from lumbar_lightning.evaluation.calibration import calibration_report
 from lumbar_lightning.evaluation.chained import chained_metrics
 from lumbar_lightning.inference.labelled import baseline_grades, predict_test_images
 from lumbar_lightning.inference.pipeline import Pipeline, load_stage_weights
-from lumbar_lightning.io import atomic_write_text, private_tmp
+from lumbar_lightning.io import atomic_write, atomic_write_text
 from lumbar_lightning.layout import FoldLayout
 from lumbar_lightning.models.stages import (
     CanalDetector,
@@ -217,12 +216,7 @@ def calibrate(
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         state["state_dict"]["temperature"] = module.temperature.detach().cpu().clone()
-        tmp = private_tmp(checkpoint)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, checkpoint)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(checkpoint, lambda tmp: torch.save(state, tmp))
     return report
 
 
