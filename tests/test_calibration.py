@@ -99,3 +99,38 @@ def test_the_coverage_curve_refers_the_least_confident_first() -> None:
     curve = coverage_curve(reference, prediction, confidence, coverages=(1.0, 0.9, 0.8, 0.5))
     assert curve["kept"] == [10, 9, 8, 5]
     assert curve["accuracy"] == pytest.approx([0.8, 8 / 9, 1.0, 1.0])
+
+
+def test_the_detector_rescales_its_top_score_but_never_moves_the_box() -> None:
+    from torch import nn
+
+    from lumbar_lightning.engine.fold import detection_outcomes
+    from lumbar_lightning.models.predictors import CanalBoxPredictor
+
+    class TwoBoxes(nn.Module):
+        def forward(self, images):
+            return [
+                {
+                    "boxes": torch.tensor([[8.0, 8.0, 24.0, 24.0], [0.0, 0.0, 4.0, 4.0]]),
+                    "scores": torch.tensor([0.8, 0.1]),
+                }
+                for _ in images
+            ]
+
+    detector = CanalBoxPredictor(TwoBoxes(), 64)
+    images = [torch.zeros(1, 64, 64)] * 2
+    boxes, raw = detector.top_box(images)
+    detector.temperature.fill_(2.0)
+    moved, scaled = detector.top_box(images)
+    assert torch.equal(boxes, moved) and raw[0] == pytest.approx(0.8)
+    assert scaled[0] == pytest.approx(1 / (1 + (0.2 / 0.8) ** 0.5))  # sigmoid(logit(0.8) / 2)
+    # What calibration fits against: log P(missed), log P(found), and whether the top box is a detection.
+    batch = detector.predict_step(
+        {
+            "image": images,
+            "boxes": [torch.tensor([[8.0, 8.0, 24.0, 24.0]]), torch.tensor([[40.0, 40.0, 60.0, 60.0]])],
+        }
+    )
+    log_probs, found = detection_outcomes([batch])
+    assert found.tolist() == [1, 0]
+    np.testing.assert_allclose(np.exp(log_probs).sum(axis=1), 1.0)

@@ -150,6 +150,7 @@ def test_calibration_and_referral_are_reported_per_rater_and_pair(tiny_cv: Path)
         # The fitted temperature travels in the best checkpoint (what lumbar-predict loads).
         state = torch.load(path.parent / "checkpoints" / "grade" / "best.ckpt", weights_only=True)
         assert float(state["state_dict"]["temperature"]) == pytest.approx(cal["temperature"])
+    assert set(summary["calibration"]["A1"]) == {"detector", "rootlet", "grade", "baseline"}
     grade = summary["calibration"]["A1"]["grade"]
     assert len(grade["temperature"]) == len(folds) and sum(grade["bins_after"]["count"]) == tested
     assert 0.0 <= grade["ece_after"] <= 1.0 and "## Calibration" in report

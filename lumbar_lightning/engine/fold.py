@@ -29,6 +29,7 @@ from lumbar_lightning.inference.labelled import baseline_grades, predict_test_im
 from lumbar_lightning.inference.pipeline import Pipeline, load_stage_weights
 from lumbar_lightning.io import atomic_write, atomic_write_text
 from lumbar_lightning.layout import FoldLayout
+from lumbar_lightning.models.metrics import DETECTION_IOU
 from lumbar_lightning.models.stages import (
     CanalDetector,
     GradeClassifier,
@@ -181,7 +182,7 @@ def _fit_stage(
     metrics: dict[str, Any] = epoch_metrics(tester.test(module, datamodule=datamodule, verbose=False))
     if isinstance(module, PatchClassifier):
         metrics["test/confmat"] = module.confusion_matrix("test")
-        metrics["calibration"] = calibrate(tester, module, datamodule, layout.best(stage))
+    metrics["calibration"] = calibrate(tester, module, datamodule, layout.best(stage))
     metrics.update(best_val_metrics)
     metrics["best_val"] = best_val
     metrics["epochs"] = epochs
@@ -197,15 +198,18 @@ def _fit_stage(
 
 
 def calibrate(
-    tester: L.Trainer, module: PatchClassifier, datamodule: L.LightningDataModule, checkpoint: Path
+    tester: L.Trainer, module: StageModule, datamodule: L.LightningDataModule, checkpoint: Path
 ) -> dict[str, Any]:
     """Temperature scaling: fitted on the validation split, ECE and reliability bins before and after on the test
     split. The temperature goes into ``checkpoint`` (the stage's best), so the fold's chained pipeline,
-    ``lumbar-predict`` and ``lumbar-evaluate`` all grade with calibrated probabilities."""
+    ``lumbar-predict`` and ``lumbar-evaluate`` all report calibrated probabilities. For the detector the
+    probability is its top box's score, read as P(canal found), against whether that box is a detection."""
     module.set_temperature(1.0)  # a rerun after a cut-off may have reloaded an already calibrated checkpoint
 
     def outputs(loader: Any) -> tuple[np.ndarray, np.ndarray]:
         batches = tester.predict(module, dataloaders=loader) or []
+        if isinstance(module, CanalDetector):
+            return detection_outcomes(batches)
         if not batches:
             return np.zeros((0, len(module.class_names))), np.zeros(0, dtype=np.int64)
         log_probs = torch.cat([b["log_probs"] for b in batches]).double().cpu().numpy()
@@ -218,6 +222,20 @@ def calibrate(
         state["state_dict"]["temperature"] = module.temperature.detach().cpu().clone()
         atomic_write(checkpoint, lambda tmp: torch.save(state, tmp))
     return report
+
+
+def detection_outcomes(batches: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """The detector's predictions as a two-class problem: log P(missed), log P(found) from the top box's score,
+    and whether it was found (IoU with the true box at least ``DETECTION_IOU``, as the detection rate counts)."""
+    from torchvision.ops import box_iou
+
+    scores, found = [], []
+    for batch in batches:
+        for box, score, truth in zip(batch["boxes"], batch["scores"], batch["true_boxes"], strict=True):
+            scores.append(float(score))
+            found.append(int(float(box_iou(box[None].cpu(), truth[:1].cpu())[0, 0]) >= DETECTION_IOU))
+    p = np.clip(np.asarray(scores, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.stack([np.log1p(-p), np.log(p)], axis=-1).reshape(-1, 2), np.asarray(found, dtype=np.int64)
 
 
 def epoch_metrics(logged: list[dict[str, float]]) -> dict[str, float]:

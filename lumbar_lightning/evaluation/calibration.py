@@ -98,12 +98,12 @@ def calibration_summary(fold_metrics: dict[str, list[dict[str, Any]]]) -> dict[s
     """
     out: dict[str, dict[str, Any]] = {}
     for rater, folds in fold_metrics.items():
-        for stage in ("rootlet", "grade", "baseline"):
-            reports = [
-                m[stage]["gt_box"]["calibration"]
-                for m in folds
-                if "calibration" in m.get(stage, {}).get("gt_box", {})
+        for stage in ("detector", "rootlet", "grade", "baseline"):
+            # the detector's metrics are its test set's; a patch stage's are under gt_box (the rater's boxes)
+            found = [
+                m.get(stage, {}) if stage == "detector" else m.get(stage, {}).get("gt_box", {}) for m in folds
             ]
+            reports = [f["calibration"] for f in found if "calibration" in f]
             if not reports:
                 continue
             before = pool_bins([r["bins_before"] for r in reports])

@@ -32,12 +32,17 @@ def build_kwargs(builder: Any, hparams: dict[str, Any]) -> dict[str, Any]:
 
 
 class CanalBoxPredictor(nn.Module):
-    """Faster R-CNN and the square size its input is resized to; answers with each image's top box."""
+    """Faster R-CNN and the square size its input is resized to; answers with each image's top box.
 
-    def __init__(self, net: nn.Module, image_size: int) -> None:
+    ``temperature``: the top box's score is taken as P(the canal is found) and rescaled on its logit, fitted on a
+    fold's validation split after training (1 until then); the box itself never moves.
+    """
+
+    def __init__(self, net: nn.Module, image_size: int, temperature: torch.Tensor | None = None) -> None:
         super().__init__()
         self.net = net
         self.image_size = int(image_size)
+        self.register_buffer("temperature", torch.ones(()) if temperature is None else temperature)
 
     @classmethod
     def build(cls, image_size: int, channels_last: bool = True, **faster_rcnn: Any) -> CanalBoxPredictor:
@@ -70,11 +75,17 @@ class CanalBoxPredictor(nn.Module):
                 s = float(self.image_size)
                 boxes.append(torch.tensor([0.4 * s, 0.4 * s, 0.6 * s, 0.6 * s]))
                 scores.append(torch.tensor(0.0))
-        return torch.stack(boxes), torch.stack(scores)
+        scores_t = torch.stack(scores)
+        if float(self.temperature) != 1.0:  # skipped at 1: the raw score, bit for bit
+            scores_t = torch.sigmoid(torch.logit(scores_t, eps=1e-6) / self.temperature)
+        return torch.stack(boxes), scores_t
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int = 0) -> dict[str, torch.Tensor]:
+    def predict_step(self, batch: dict[str, Any], batch_idx: int = 0) -> dict[str, Any]:
         boxes, scores = self.top_box(batch["image"])
-        return {"boxes": boxes, "scores": scores}
+        out: dict[str, Any] = {"boxes": boxes, "scores": scores}
+        if "boxes" in batch:  # a labelled batch: what calibration fits against
+            out["true_boxes"] = batch["boxes"]
+        return out
 
 
 def patch_network(

@@ -71,6 +71,15 @@ class StageModule(L.LightningModule):
         self.log("train/loss_epoch", self.train_loss.compute())
         self.train_loss.reset()
 
+    def set_temperature(self, temperature: float) -> None:
+        """The temperature fitted on the validation split (saved in the checkpoint with the weights; every stage
+        registers a ``temperature`` buffer)."""
+        self.temperature.fill_(float(temperature))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a fit resumed from a checkpoint written before calibration existed: uncalibrated
+        checkpoint["state_dict"].setdefault("temperature", torch.ones(()))
+
 
 # --------------------------------------------------------------------------------------------------------------
 class CanalDetector(StageModule):
@@ -97,13 +106,16 @@ class CanalDetector(StageModule):
         built = CanalBoxPredictor.build(**self.hparams)
         self.net = built.net
         self.image_size = image_size
+        self.register_buffer(
+            "temperature", built.temperature
+        )  # of the top box's score, fitted after training
         self.metrics = nn.ModuleDict({s: detection_metrics() for s in ("val", "test")})
 
     @property
     def predictor(self) -> CanalBoxPredictor:
         """This module's network as the plain-torch detector inference serves (a view: no copy, not a child,
         so the checkpoint's keys stay ``net.*``)."""
-        view = CanalBoxPredictor(self.net, self.image_size)
+        view = CanalBoxPredictor(self.net, self.image_size, self.temperature)
         view.training = self.training
         return view
 
@@ -204,14 +216,6 @@ class PatchClassifier(StageModule):
     @property
     def num_outputs(self) -> int:
         return len(self.class_names)
-
-    def set_temperature(self, temperature: float) -> None:
-        """The temperature fitted on the validation split (saved in the checkpoint with the weights)."""
-        self.temperature.fill_(float(temperature))
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # a fit resumed from a checkpoint written before calibration existed: uncalibrated
-        checkpoint["state_dict"].setdefault("temperature", torch.ones(()))
 
     def set_class_prior(self, counts: np.ndarray) -> None:
         """Record the training split's class frequencies (saved in the checkpoint with the weights)."""
