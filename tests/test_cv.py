@@ -441,3 +441,47 @@ def test_seeds_run_the_cv_once_per_seed_and_report_the_spread(tiny_phantom: Path
     saved = json.loads((tmp_path / "seeds_summary.json").read_text())
     assert saved["seeds"] == [0, 1] and "gross_errors" in saved["grade"]["A1-C1"]
     assert "| A1-C1 |" in (tmp_path / "seeds_report.md").read_text()
+
+
+def test_a_consensus_classifier_learns_both_raters_votes_and_joins_every_table(
+    tiny_phantom: Path, tmp_path: Path
+) -> None:
+    """#19: cv.raters=[..., consensus] trains Cc on the same folds, with soft targets from the raters' votes, and
+    truth-Cc, Ak-Cc and C1-Cc land in the same tables, calibration and referral as C1."""
+    from lumbar_lightning.data.datamodules import PatchDataModule
+    from lumbar_lightning.data.transforms import PatchGeometry
+
+    dm = PatchDataModule(
+        task="grade",
+        patch=PatchGeometry(24),
+        data_dir=str(tiny_phantom),
+        rater="consensus",
+        num_folds=4,
+        augment=None,
+    )
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    shares = batch["soft_target"]
+    assert torch.allclose(shares.sum(-1), torch.ones(len(shares)))
+    assert (shares.max(-1).values < 1).any()  # some images the raters graded differently: a real soft target
+    assert (shares.argmax(-1) == batch["target"]).float().mean() > 0.8  # the hard target is the majority vote
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            config_name="cv",
+            overrides=[
+                f"data.data_dir={tiny_phantom}",
+                "logger=none",
+                "threads=1",
+                "cv.raters=[A1,consensus]",
+                "cv.folds=[0]",
+                *TINY_CV,
+            ],
+        )
+    cross_validate(cfg, root=tmp_path)
+    summary = json.loads((tmp_path / "cv_summary.json").read_text())
+    assert {"A1-C1", "A1-Cc", "A2-Cc", "C1-Cc", "truth-Cc", "truth-Bc"} <= set(summary["grade"])
+    assert "truth-Cc" in summary["referral"]["pairs"] and "consensus" in summary["calibration"]
+    predictions = pd.read_csv(tmp_path / "consensus" / "fold_0" / "predictions.csv", keep_default_na=False)
+    assert (predictions["trained_on"] == "consensus").all() and "grade_consensus" in predictions
+    assert "| truth-Cc |" in (tmp_path / "report.md").read_text()

@@ -105,3 +105,25 @@ def test_consensus_boxes_average_every_raters_box_per_image(tmp_path: Path) -> N
     assert boxes.loc["1.1", ["x_min", "y_min", "x_max", "y_max"]].tolist() == [11.0, 21.0, 31.0, 42.0]
     assert boxes.loc["1.2", ["x_min", "y_min", "x_max", "y_max"]].tolist() == [5.0, 6.0, 7.0, 8.0]
     assert table.rows["x_min"].tolist() == [12.0, 10.0, 5.0]  # the raters' own rows are untouched
+
+
+def test_the_consensus_carries_every_raters_votes_and_breaks_ties_towards_severity(tmp_path: Path) -> None:
+    from lumbar_lightning.data.labels import CONSENSUS
+
+    table = _load(
+        tmp_path,
+        "A1,1.1,10,20,30,40,rootlet,B,,\nA2,1.1,10,20,30,40,rootlet,D,,\n"  # a tie: B or D
+        "A1,1.2,5,6,7,8,rootlet,C,,\nA2,1.2,5,6,7,8,cord,,,\n"  # level tie: rootlet, graded C by the one who graded
+        "A1,1.3,5,6,7,8,cord,,,\nA2,1.3,5,6,7,8,cord,,,\n",
+    )
+    votes = table.for_rater(CONSENSUS)
+    assert votes.loc["1.1", ["level", "grade"]].tolist() == ["rootlet", "D"]
+    assert votes.loc["1.1", [f"grade_share_{g}" for g in "ABCD"]].tolist() == [0.0, 0.5, 0.0, 0.5]
+    assert votes.loc["1.2", ["level", "grade", "rootlet_share", "grade_share_C"]].tolist() == [
+        "rootlet",
+        "C",
+        0.5,
+        1.0,
+    ]
+    assert votes.loc["1.3", ["level", "grade", "rootlet_share"]].tolist() == ["cord", "", 0.0]
+    assert votes.loc["1.3", [f"grade_share_{g}" for g in "ABCD"]].sum() == 0.0

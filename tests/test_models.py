@@ -322,3 +322,22 @@ class _Constant(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits.repeat(len(x), 1)
+
+
+def test_soft_targets_train_against_the_raters_votes() -> None:
+    """A consensus label of half B, half D: cross-entropy against the votes, and the ordinal term's expected
+    distance is the mean of the distances to B and to D."""
+    grader = GradeClassifier(width=0.125, ordinal_weight=0.5)
+    logits = torch.tensor([[0.0, 2.0, 0.0, 1.0]])
+    soft = torch.tensor([[0.0, 0.5, 0.0, 0.5]])
+    p = logits.softmax(-1)[0]
+    to_b, to_d = (p * torch.tensor([1.0, 0, 1, 2])).sum(), (p * torch.tensor([3.0, 2, 1, 0])).sum()
+    ce = -(0.5 * logits.log_softmax(-1)[0, 1] + 0.5 * logits.log_softmax(-1)[0, 3])
+    want = ce + 0.5 * 0.5 * (to_b + to_d)
+    torch.testing.assert_close(grader.loss(logits, torch.tensor([3]), soft), want)
+    # A one-hot vote is the hard label, exactly.
+    hard = grader.loss(logits, torch.tensor([3]))
+    torch.testing.assert_close(grader.loss(logits, torch.tensor([3]), torch.tensor([[0.0, 0, 0, 1]])), hard)
+    rootlet = RootletClassifier(width=0.125)
+    half = rootlet.loss(torch.tensor([[0.0]]), torch.tensor([1]), torch.tensor([[0.5, 0.5]]))
+    assert float(half) == pytest.approx(np.log(2))

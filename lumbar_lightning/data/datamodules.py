@@ -131,7 +131,8 @@ def collate_detection(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class CanalPatches(Dataset):
-    """Canal patches cut around the rater's boxes, with the target of one task."""
+    """Canal patches cut around the rater's boxes, with the target of one task (and, for the consensus of several
+    raters, ``soft_targets``: each class's share of their votes)."""
 
     def __init__(
         self,
@@ -141,9 +142,10 @@ class CanalPatches(Dataset):
         geometry: PatchGeometry,
         augment: Augmenter | None = None,
         seed: int = 0,
+        soft_targets: np.ndarray | None = None,
     ) -> None:
         self.patches, self.targets, self.uids, self.geometry = patches, targets, uids, geometry
-        self.augment, self.seed = augment, seed
+        self.augment, self.seed, self.soft_targets = augment, seed, soft_targets
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -158,11 +160,14 @@ class CanalPatches(Dataset):
             patch = np.moveaxis(hwc.reshape(*hwc.shape[:2], -1), -1, 0)
         else:
             patch = np.stack([self.geometry.center_crop(c) for c in patch])
-        return {
+        item = {
             "image": torch.from_numpy(np.ascontiguousarray(patch, dtype=np.float32)),
             "target": int(self.targets[i]),
             "sop_instance_uid": self.uids[i],
         }
+        if self.soft_targets is not None:
+            item["soft_target"] = torch.from_numpy(self.soft_targets[i].astype(np.float32))
+        return item
 
 
 class LumbarDataModule(L.LightningDataModule):
@@ -360,6 +365,15 @@ class PatchDataModule(LumbarDataModule):
             return rows["level"].map(LEVEL_INDEX).to_numpy(dtype=np.int64)
         return rows["grade"].map(GRADE_INDEX).to_numpy(dtype=np.int64)
 
+    def soft_targets(self, rows: pd.DataFrame) -> np.ndarray | None:
+        """Each class's share of the raters' votes, where the rows are a consensus (``LabelTable.consensus``)."""
+        if "rootlet_share" not in rows:
+            return None
+        if self.task == "rootlet":
+            share = rows["rootlet_share"].to_numpy(dtype=float)
+            return np.stack([1.0 - share, share], axis=1)  # class order: LEVEL_INDEX (cord 0, rootlet 1)
+        return rows[[f"grade_share_{g}" for g in GRADES]].to_numpy(dtype=float)
+
     @property
     def num_classes(self) -> int:
         return 2 if self.task == "rootlet" else len(GRADES)
@@ -394,6 +408,7 @@ class PatchDataModule(LumbarDataModule):
             self.geometry,
             augment,
             self.sampler_seed,
+            self.soft_targets(rows),
         )
 
     def class_counts(self, split: str = "train") -> np.ndarray:

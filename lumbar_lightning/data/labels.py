@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from lumbar_lightning.data.dicom.headers import image_key
@@ -53,20 +54,41 @@ class LabelTable:
         return sorted(self.rows["analyzer"].unique().tolist())
 
     def for_rater(self, rater: str) -> pd.DataFrame:
-        """One rater's rows, indexed by ``sop_instance_uid`` (``CONSENSUS``: the mean boxes)."""
+        """One rater's rows, indexed by ``sop_instance_uid`` (``CONSENSUS``: every rater's votes, ``consensus``)."""
         if rater == CONSENSUS:
-            return self.consensus_boxes()
+            return self.consensus()
         if rater not in self.raters:
             raise DataContractError(f"rater {rater!r} has no accepted labels (raters present: {self.raters})")
         return self.rows[self.rows["analyzer"] == rater].set_index("sop_instance_uid", drop=False)
 
-    def consensus_boxes(self) -> pd.DataFrame:
-        """One row per image that any rater labelled, its box the mean of the raters' boxes; the other columns
-        are the first rater's (by name), so nothing but the box should be read from these rows."""
+    def consensus(self) -> pd.DataFrame:
+        """One row per image that any rater labelled: the mean of the raters' boxes, and their votes.
+
+        ``rootlet_share`` is the share of raters calling the slice rootlet level; ``grade_share_<G>`` the share of
+        the raters who graded it that gave grade G (what a consensus classifier learns as soft targets). ``level``
+        and ``grade`` are the majority calls, for class balance, priors and metrics; ties go to rootlet and to the
+        more severe grade, the side a missed stenosis lies on. Other columns are the first rater's (by name).
+        """
         rows = self.rows.sort_values(["sop_instance_uid", "analyzer"], kind="stable")
-        mean_box = rows.groupby("sop_instance_uid", sort=False)[list(BOX_COLUMNS)].mean()
+        by_image = rows.groupby("sop_instance_uid", sort=False)
         out = rows.drop_duplicates("sop_instance_uid").set_index("sop_instance_uid", drop=False)
-        out[list(BOX_COLUMNS)] = mean_box.loc[out.index].to_numpy()
+        out[list(BOX_COLUMNS)] = by_image[list(BOX_COLUMNS)].mean().loc[out.index].to_numpy()
+        rootlet = (rows["level"] == "rootlet").groupby(rows["sop_instance_uid"], sort=False).mean()
+        out["rootlet_share"] = rootlet.loc[out.index].to_numpy()
+        graded = rows[rows["grade"] != ""]
+        votes = pd.crosstab(graded["sop_instance_uid"], graded["grade"]).reindex(
+            columns=list(GRADES), fill_value=0
+        )
+        votes = votes.reindex(out.index, fill_value=0).to_numpy(dtype=float)
+        total = votes.sum(axis=1, keepdims=True)
+        shares = np.divide(votes, total, out=np.zeros_like(votes), where=total > 0)
+        for g, column in zip(GRADES, shares.T, strict=True):
+            out[f"grade_share_{g}"] = column
+        out["level"] = np.where(out["rootlet_share"] >= 0.5, "rootlet", "cord")
+        severest_top = len(GRADES) - 1 - np.argmax(votes[:, ::-1], axis=1)  # ties: the more severe grade
+        out["grade"] = np.where(
+            (total[:, 0] > 0) & (out["level"] == "rootlet"), np.asarray(GRADES)[severest_top], ""
+        )
         return out.assign(analyzer=CONSENSUS)
 
     def intersection(self, raters: list[str] | None = None) -> list[str]:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from lumbar_lightning.data.dataset import TRUTH_RATER
 from lumbar_lightning.data.errors import DataContractError
-from lumbar_lightning.data.labels import GRADES
+from lumbar_lightning.data.labels import CONSENSUS, GRADES
 from lumbar_lightning.evaluation.agreement import agreement, severity
 from lumbar_lightning.evaluation.statistics import bootstrap_ci, paired_ttest
 from lumbar_lightning.layout import RunLayout
@@ -32,7 +32,10 @@ PAPER_COMPARABLE_F1 = "f1_macro"
 
 
 def classifier_name(rater: str) -> str:
-    """Classifier1 learns from Analyzer1: ``A1`` -> ``C1``; other rater names -> ``C[name]``."""
+    """Classifier1 learns from Analyzer1: ``A1`` -> ``C1``; the raters' consensus -> ``Cc``; other rater names ->
+    ``C[name]``."""
+    if rater == CONSENSUS:
+        return "Cc"
     m = re.fullmatch(r"A(\d+)", rater)
     return f"C{m.group(1)}" if m else f"C[{rater}]"
 
@@ -43,7 +46,7 @@ def baseline_name(rater: str) -> str:
 
 
 def _is_baseline(name: str) -> bool:
-    return re.fullmatch(r"B(\d+|\[.+\])", name) is not None
+    return re.fullmatch(r"B(\d+|c|\[.+\])", name) is not None
 
 
 def load_fold_predictions(root: Path | str) -> pd.DataFrame:
@@ -66,7 +69,12 @@ def load_cv_predictions(root: Path | str, fold_predictions: pd.DataFrame | None 
         for c in frame.columns
         if re.fullmatch(r"(level|grade)_.+", c) and not c.startswith(("level_C", "grade_C"))
     ]
-    label_cols = [c for c in label_cols if c not in {"gt_box_level", "gt_box_grade"}]
+    # the consensus classifier's own training labels are derived from the raters': not a reader of their own
+    label_cols = [
+        c
+        for c in label_cols
+        if c not in {"gt_box_level", "gt_box_grade", f"level_{CONSENSUS}", f"grade_{CONSENSUS}"}
+    ]
     base = frame.drop_duplicates("sop_instance_uid").set_index("sop_instance_uid")[
         ["patient", "fold", "vertebral_level", *label_cols]
     ]
@@ -90,7 +98,7 @@ def readers(frame: pd.DataFrame) -> dict[str, list[str]]:
     """Raters, classifiers and (for synthetic data) the truth present in a predictions frame."""
     names = sorted({c.split("_", 1)[1] for c in frame.columns if c.startswith("level_")})
     return {
-        "raters": [n for n in names if not n.startswith("C") and n != TRUTH_RATER],
+        "raters": [n for n in names if not n.startswith("C") and n not in (TRUTH_RATER, CONSENSUS)],
         "classifiers": [n for n in names if n.startswith("C")],
         "truth": [TRUTH_RATER] if TRUTH_RATER in names else [],
         "baselines": sorted(
@@ -108,11 +116,17 @@ def comparison_pairs(frame: pd.DataFrame, task: str = "grade") -> list[tuple[str
     raters, classifiers = who["raters"], who["classifiers"]
     pairs = [(a, b) for i, a in enumerate(raters) for b in raters[i + 1 :]]
     pairs += [(r, classifier_name(r)) for r in raters if classifier_name(r) in classifiers]
+    if (
+        classifier_name(CONSENSUS) in classifiers
+    ):  # the consensus classifier against each rater it learnt from
+        pairs += [(r, classifier_name(CONSENSUS)) for r in raters]
     pairs += [(a, b) for i, a in enumerate(classifiers) for b in classifiers[i + 1 :]]
     pairs += [(t, x) for t in who["truth"] for x in raters + classifiers]
     if task == "grade":
         baselines = who["baselines"]
         pairs += [(r, baseline_name(r)) for r in raters if baseline_name(r) in baselines]
+        if baseline_name(CONSENSUS) in baselines:
+            pairs += [(r, baseline_name(CONSENSUS)) for r in raters]
         pairs += [(t, b) for t in who["truth"] for b in baselines]
     return pairs
 

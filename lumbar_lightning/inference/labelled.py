@@ -8,7 +8,7 @@ import torch
 
 from lumbar_lightning.data.datamodules import BOX
 from lumbar_lightning.data.dataset import LumbarDataset
-from lumbar_lightning.data.labels import GRADES
+from lumbar_lightning.data.labels import CONSENSUS, GRADES
 from lumbar_lightning.data.transforms import PatchGeometry
 from lumbar_lightning.inference.pipeline import Pipeline
 from lumbar_lightning.models.stages import GradeClassifier
@@ -36,6 +36,10 @@ def predict_test_images(
         part = part.set_index("sop_instance_uid")
         frame[f"level_{who}"] = frame["sop_instance_uid"].map(part["level"]).fillna("")
         frame[f"grade_{who}"] = frame["sop_instance_uid"].map(part["grade"]).fillna("")
+    if rater == CONSENSUS:  # what a consensus classifier learnt from: the raters' majority calls
+        own_calls = dataset.labels.for_rater(CONSENSUS)
+        for column in ("level", "grade"):
+            frame[f"{column}_{CONSENSUS}"] = frame["sop_instance_uid"].map(own_calls[column]).fillna("")
     vertebral = labels.drop_duplicates("sop_instance_uid").set_index("sop_instance_uid")["vertebral_level"]
     frame["vertebral_level"] = frame["sop_instance_uid"].map(vertebral).fillna("")
     pixels = [dataset.image(uid) for uid in uids]

@@ -243,7 +243,11 @@ class PatchClassifier(StageModule):
         """Logits (``PatchPredictor.forward``: with ``flip_tta``, averaged with the mirror image in eval mode)."""
         return self.predictor(x)
 
-    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self, logits: torch.Tensor, target: torch.Tensor, soft: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The task's loss against the class indices ``target``, or against ``soft`` (each class's share of the
+        raters' votes) when the labels are a consensus."""
         raise NotImplementedError
 
     def class_log_probs(self, logits: torch.Tensor, adjust: bool | None = None) -> torch.Tensor:
@@ -258,7 +262,7 @@ class PatchClassifier(StageModule):
     def _step(self, batch: dict[str, Any], split: str) -> torch.Tensor:
         logits = self(batch["image"])
         target = batch["target"]
-        loss = self.loss(logits, target)
+        loss = self.loss(logits, target, batch.get("soft_target"))
         preds = self.class_log_probs(logits, adjust=False if split == "train" else None).argmax(-1)
         self.metrics[f"{split}_m"].update(preds, target)
         self.log(f"{split}/loss", loss, prog_bar=split == "train", batch_size=len(target))
@@ -320,8 +324,11 @@ class RootletClassifier(PatchClassifier):
     def num_outputs(self) -> int:
         return 1
 
-    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(logits[:, 0], target.float())
+    def loss(
+        self, logits: torch.Tensor, target: torch.Tensor, soft: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        rootlet = target.float() if soft is None else soft[:, 1]
+        return F.binary_cross_entropy_with_logits(logits[:, 0], rootlet)
 
 
 class GradeClassifier(PatchClassifier):
@@ -338,10 +345,15 @@ class GradeClassifier(PatchClassifier):
         super().__init__(*args, **kwargs)
         self.ordinal_weight = float(ordinal_weight)
 
-    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        loss = F.cross_entropy(logits, target)
+    def loss(
+        self, logits: torch.Tensor, target: torch.Tensor, soft: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        loss = F.cross_entropy(logits, target if soft is None else soft)
         if self.ordinal_weight:
             grades = torch.arange(logits.shape[-1], device=logits.device)
-            distance = (grades[None, :] - target[:, None]).abs().to(logits.dtype)
+            if soft is None:
+                distance = (grades[None, :] - target[:, None]).abs().to(logits.dtype)
+            else:  # the expected distance under the votes: sum_j q_j |k - j| for each predicted grade k
+                distance = soft @ (grades[:, None] - grades[None, :]).abs().to(logits.dtype)
             loss = loss + self.ordinal_weight * (logits.softmax(-1) * distance).sum(-1).mean()
         return loss
