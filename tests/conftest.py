@@ -11,6 +11,7 @@ import lumbar_lightning  # noqa: F401  (first: pins numerics before numpy and to
 # isort: on
 import numpy as np
 import pytest
+from omegaconf import DictConfig
 
 from lumbar_lightning.data.dicom.writer import SeriesInfo, deterministic_uid, write_mr_slice
 from lumbar_lightning.data.labels import CSV_COLUMNS
@@ -88,6 +89,16 @@ TINY_CV = [
     "trainer.enable_progress_bar=false",
     "experiment_name=tinycv",
 ]
+
+
+def tiny_cv_config(*overrides: str) -> DictConfig:
+    """The ``cv`` app's config as a test composes it: the test's own overrides, then TINY_CV's small settings."""
+    from hydra import compose, initialize_config_dir
+
+    from lumbar_lightning.conf import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="cv", overrides=[*overrides, *TINY_CV])
 
 
 @pytest.fixture(scope="session")

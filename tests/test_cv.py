@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_CV
+from conftest import TINY_CV, tiny_cv_config
 from hydra import compose, initialize_config_dir
 from wandb_offline import offline_runs
 
@@ -22,17 +22,7 @@ from lumbar_lightning.evaluation.study import load_cv_predictions, task_set
 @pytest.fixture(scope="module")
 def tiny_cv(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cv")
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            config_name="cv",
-            overrides=[
-                f"data.data_dir={tiny_phantom}",
-                "logger=wandb",
-                "cv.workers=2",
-                "threads=1",
-                *TINY_CV,
-            ],
-        )
+    cfg = tiny_cv_config(f"data.data_dir={tiny_phantom}", "logger=wandb", "cv.workers=2", "threads=1")
     cross_validate(cfg, root=root)
     return root
 
@@ -221,11 +211,7 @@ def test_compare_two_runs(tiny_cv: Path, tiny_phantom: Path, tmp_path: Path) -> 
     import subprocess
     import sys
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            config_name="cv",
-            overrides=[f"data.data_dir={tiny_phantom}", "logger=none", "cv.raters=[A2]", "seed=3", *TINY_CV],
-        )
+    cfg = tiny_cv_config(f"data.data_dir={tiny_phantom}", "logger=none", "cv.raters=[A2]", "seed=3")
     cross_validate(cfg, root=tmp_path / "b")
     out = tmp_path / "cmp"
     cmd = [
@@ -415,18 +401,9 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.slow  # make test-full: 16 s
 def test_seeds_run_the_cv_once_per_seed_and_report_the_spread(tiny_phantom: Path, tmp_path: Path) -> None:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            config_name="cv",
-            overrides=[
-                f"data_dir={tiny_phantom}",
-                "logger=none",
-                "threads=1",
-                "seeds=[0,1]",
-                "cv.folds=[0]",
-                *TINY_CV,
-            ],
-        )
+    cfg = tiny_cv_config(
+        f"data_dir={tiny_phantom}", "logger=none", "threads=1", "seeds=[0,1]", "cv.folds=[0]"
+    )
     summary = cross_validate(cfg, root=tmp_path)
     per_seed = {s: json.loads((tmp_path / f"seed_{s}" / "cv_summary.json").read_text()) for s in (0, 1)}
     row = summary["grade"]["A1-C1"]["accuracy"]
@@ -466,18 +443,13 @@ def test_a_consensus_classifier_learns_both_raters_votes_and_joins_every_table(
     assert (shares.max(-1).values < 1).any()  # some images the raters graded differently: a real soft target
     assert (shares.argmax(-1) == batch["target"]).float().mean() > 0.8  # the hard target is the majority vote
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            config_name="cv",
-            overrides=[
-                f"data.data_dir={tiny_phantom}",
-                "logger=none",
-                "threads=1",
-                "cv.raters=[A1,consensus]",
-                "cv.folds=[0]",
-                *TINY_CV,
-            ],
-        )
+    cfg = tiny_cv_config(
+        f"data.data_dir={tiny_phantom}",
+        "logger=none",
+        "threads=1",
+        "cv.raters=[A1,consensus]",
+        "cv.folds=[0]",
+    )
     cross_validate(cfg, root=tmp_path)
     summary = json.loads((tmp_path / "cv_summary.json").read_text())
     assert {"A1-C1", "A1-Cc", "A2-Cc", "C1-Cc", "truth-Cc", "truth-Bc"} <= set(summary["grade"])

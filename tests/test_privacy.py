@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import TINY_CV
-from hydra import compose, initialize_config_dir
+from conftest import tiny_cv_config
 
-from lumbar_lightning.conf import CONF_DIR
 from lumbar_lightning.data.dicom.headers import pseudonymise
 from lumbar_lightning.data.phantom.cohort import PhantomCohort, PhantomConfig
 from lumbar_lightning.engine.cross_validation import cross_validate
@@ -56,17 +54,7 @@ def leak_workspace(tmp_path_factory: pytest.TempPathFactory) -> dict:
         timeout=300,
     )
     assert ingest.returncode == 0, ingest.stderr[-2000:]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            config_name="cv",
-            overrides=[
-                f"data.data_dir={data}",
-                "logger=many",
-                "cv.folds=[0]",
-                "experiment_name=leak",
-                *TINY_CV,
-            ],
-        )
+    cfg = tiny_cv_config(f"data.data_dir={data}", "logger=many", "cv.folds=[0]", "experiment_name=leak")
     cross_validate(cfg, root=root / "cv")
     study = root / "incoming" / "study1"  # a study handed over for grading (copied, as a user would)
     shutil.copytree(sorted((data / "dicom").iterdir())[0], study)
