@@ -17,10 +17,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lumbar_lightning.data.augment import Augmenter
+from lumbar_lightning.data.consensus import ConsensusModel
 from lumbar_lightning.data.dataset import LumbarDataset
 from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.data.folds import SPLITS, StratifiedPatientFolds
-from lumbar_lightning.data.labels import BOX_COLUMNS, GRADES, LEVEL_INDEX
+from lumbar_lightning.data.labels import BOX_COLUMNS, CONSENSUS, GRADES, LEVEL_INDEX
 from lumbar_lightning.data.series import canal_brightness, reference_slices
 from lumbar_lightning.data.transforms import PatchGeometry, scale_boxes
 
@@ -42,13 +43,24 @@ def load_dataset(
 
 
 def fold_rows(
-    dataset: LumbarDataset, folds: StratifiedPatientFolds, fold: int, rater: str
+    dataset: LumbarDataset,
+    folds: StratifiedPatientFolds,
+    fold: int,
+    rater: str,
+    consensus: ConsensusModel | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """The rater's label rows per split of ``fold``, joined with each image's patient, series and size."""
-    labels = dataset.labels.for_rater(rater).reset_index(drop=True)
+    """The rater's label rows per split of ``fold``, joined with each image's patient, series and size.
+
+    For the ``consensus`` rater, ``consensus`` (default ``VoteShares``) turns the raters' calls into targets; a
+    model that is fitted (``DawidSkene``) sees the training split's images only."""
     meta = dataset.images.set_index("sop_instance_uid")[["patient", "series_instance_uid", "rows", "columns"]]
-    labels = labels.join(meta, on="sop_instance_uid")
     split = folds.split(fold)
+    if rater == CONSENSUS:
+        train = meta.index[meta["patient"].isin(split["train"])].tolist()
+        labels = dataset.labels.consensus(consensus, fit=train).reset_index(drop=True)
+    else:
+        labels = dataset.labels.for_rater(rater).reset_index(drop=True)
+    labels = labels.join(meta, on="sop_instance_uid")
     return {name: labels[labels["patient"].isin(split[name])].reset_index(drop=True) for name in SPLITS}
 
 
@@ -171,7 +183,9 @@ class CanalPatches(Dataset):
 
 
 class LumbarDataModule(L.LightningDataModule):
-    """What both data modules share: the data set, the fold, the rater, loaders built by one factory."""
+    """What both data modules share: the data set, the fold, the rater, loaders built by one factory.
+
+    ``consensus`` is how the ``consensus`` rater's targets come from the raters' calls (``data/consensus``)."""
 
     def __init__(
         self,
@@ -187,6 +201,7 @@ class LumbarDataModule(L.LightningDataModule):
         num_workers: int = 0,
         augment: Augmenter | None = None,
         seed: int = 0,
+        consensus: ConsensusModel | None = None,
     ) -> None:
         super().__init__()
         self.data_dir, self.cache_dir, self.salt = data_dir, cache_dir, pseudonym_salt
@@ -194,6 +209,7 @@ class LumbarDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.augment = augment
         self.seed = seed
+        self.consensus = consensus
         self.dataset: LumbarDataset | None = None
         self.folds: StratifiedPatientFolds | None = None
         self.rows: dict[str, pd.DataFrame] = {}
@@ -206,7 +222,9 @@ class LumbarDataModule(L.LightningDataModule):
         self.folds = self.dataset.folds(self.num_folds, self.split_seed)
         self.rows = {
             name: self.select(rows)
-            for name, rows in fold_rows(self.dataset, self.folds, self.fold, self.rater).items()
+            for name, rows in fold_rows(
+                self.dataset, self.folds, self.fold, self.rater, self.consensus
+            ).items()
         }
         for name in SPLITS:
             if self.rows[name].empty:

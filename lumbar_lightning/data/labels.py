@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lumbar_lightning.data.consensus import NO_VOTE, ConsensusModel, VoteShares, hard_calls, vote_matrix
 from lumbar_lightning.data.dicom.headers import image_key
 from lumbar_lightning.data.errors import DataContractError
 
@@ -61,33 +62,37 @@ class LabelTable:
             raise DataContractError(f"rater {rater!r} has no accepted labels (raters present: {self.raters})")
         return self.rows[self.rows["analyzer"] == rater].set_index("sop_instance_uid", drop=False)
 
-    def consensus(self) -> pd.DataFrame:
-        """One row per image that any rater labelled: the mean of the raters' boxes, and their votes.
+    def consensus(self, model: ConsensusModel | None = None, fit: list[str] | None = None) -> pd.DataFrame:
+        """One row per image that any rater labelled: the mean of the raters' boxes, and the consensus of their calls.
 
-        ``rootlet_share`` is the share of raters calling the slice rootlet level; ``grade_share_<G>`` the share of
-        the raters who graded it that gave grade G (what a consensus classifier learns as soft targets). ``level``
-        and ``grade`` are the majority calls, for class balance, priors and metrics; ties go to rootlet and to the
-        more severe grade, the side a missed stenosis lies on. Other columns are the first rater's (by name).
+        ``rootlet_share`` is the consensus probability that the slice is at rootlet level, ``grade_share_<G>`` that
+        its grade is G (what a consensus classifier learns as soft targets): with ``model`` ``VoteShares`` (the
+        default) each class's share of the raters' votes; with ``DawidSkene`` the latent-truth posterior, fitted on
+        the images in ``fit`` (the training split; default: all). ``level`` and ``grade`` are the most probable calls,
+        for class balance, priors and metrics; ties go to rootlet and to the more severe grade, the side a missed
+        stenosis lies on. Other columns are the first rater's (by name).
         """
+        model = model or VoteShares()
         rows = self.rows.sort_values(["sop_instance_uid", "analyzer"], kind="stable")
-        by_image = rows.groupby("sop_instance_uid", sort=False)
         out = rows.drop_duplicates("sop_instance_uid").set_index("sop_instance_uid", drop=False)
-        out[list(BOX_COLUMNS)] = by_image[list(BOX_COLUMNS)].mean().loc[out.index].to_numpy()
-        rootlet = (rows["level"] == "rootlet").groupby(rows["sop_instance_uid"], sort=False).mean()
-        out["rootlet_share"] = rootlet.loc[out.index].to_numpy()
-        graded = rows[rows["grade"] != ""]
-        votes = pd.crosstab(graded["sop_instance_uid"], graded["grade"]).reindex(
-            columns=list(GRADES), fill_value=0
+        out[list(BOX_COLUMNS)] = (
+            rows.groupby("sop_instance_uid", sort=False)[list(BOX_COLUMNS)].mean().loc[out.index].to_numpy()
         )
-        votes = votes.reindex(out.index, fill_value=0).to_numpy(dtype=float)
-        total = votes.sum(axis=1, keepdims=True)
-        shares = np.divide(votes, total, out=np.zeros_like(votes), where=total > 0)
-        for g, column in zip(GRADES, shares.T, strict=True):
+        wide = rows.pivot(index="sop_instance_uid", columns="analyzer").reindex(out.index)
+        grades = wide["grade"].where(wide["level"] == "rootlet", "").fillna("")
+        fit_mask = None if fit is None else out.index.isin(fit)
+        level_votes = vote_matrix(wide["level"].fillna("").to_numpy().tolist(), LEVEL_CLASSES)
+        grade_votes = vote_matrix(grades.to_numpy().tolist(), GRADES)
+        level_p = model.posterior(level_votes, len(LEVEL_CLASSES), fit_mask)
+        grade_p = model.posterior(grade_votes, len(GRADES), fit_mask)
+        graded = (grade_votes != NO_VOTE).any(axis=1)
+        grade_p[~graded] = 0.0
+        out["rootlet_share"] = level_p[:, LEVEL_INDEX["rootlet"]]
+        for g, column in zip(GRADES, grade_p.T, strict=True):
             out[f"grade_share_{g}"] = column
-        out["level"] = np.where(out["rootlet_share"] >= 0.5, "rootlet", "cord")
-        severest_top = len(GRADES) - 1 - np.argmax(votes[:, ::-1], axis=1)  # ties: the more severe grade
+        out["level"] = np.asarray(LEVEL_CLASSES)[hard_calls(level_p)]
         out["grade"] = np.where(
-            (total[:, 0] > 0) & (out["level"] == "rootlet"), np.asarray(GRADES)[severest_top], ""
+            graded & (out["level"] == "rootlet"), np.asarray(GRADES)[hard_calls(grade_p)], ""
         )
         return out.assign(analyzer=CONSENSUS)
 

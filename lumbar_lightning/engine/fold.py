@@ -76,6 +76,7 @@ def shared_data_arguments(cfg: DictConfig, fold: int, rater: str) -> dict[str, A
         "num_workers": d.num_workers,
         "augment": hydra.utils.instantiate(d.augment) if d.get("augment") is not None else None,
         "seed": cfg.seed,
+        "consensus": hydra.utils.instantiate(d.consensus) if d.get("consensus") is not None else None,
     }
 
 
