@@ -29,11 +29,14 @@ def test_experiment_composes_and_instantiates(experiment: str, config_name: str)
         )
     OmegaConf.resolve(cfg)
     modules = build_modules(cfg)
-    assert isinstance(modules["detector"], CanalDetector)
-    assert isinstance(modules["rootlet"], RootletClassifier) and isinstance(modules["grade"], GradeClassifier)
+    assert isinstance(modules["detector"], CanalDetector) and isinstance(modules["grade"], GradeClassifier)
+    assert set(modules) - {"baseline"} == set(cfg.stages)
+    if "rootlet" in cfg.stages:
+        assert isinstance(modules["rootlet"], RootletClassifier)
+    assert modules["grade"].class_names == tuple(cfg.grading.classes)  # the experiment's grading scheme
     assert cfg.task_name == config_name
     assert cfg.data.num_folds == 10 and cfg.data.rater in {"A1", "A2"}
-    for stage in ("rootlet", "grade"):  # the paper's optimiser and schedule
+    for stage in set(cfg.stages) - {"detector"}:  # the paper's optimiser and schedule
         opt = hydra.utils.instantiate(cfg.model[stage].module.optimizer)(params=modules[stage].parameters())
         assert type(opt).__name__ == "Adam"
         assert (

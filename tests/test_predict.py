@@ -14,7 +14,9 @@ import pydicom
 import pytest
 
 from lumbar_lightning.data.dicom.writer import deterministic_uid
-from lumbar_lightning.data.labels import GRADES
+from lumbar_lightning.data.grading import SCHIZAS
+
+GRADES = SCHIZAS.classes
 
 
 def _predict(*args: str) -> subprocess.CompletedProcess[str]:

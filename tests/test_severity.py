@@ -11,9 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lumbar_lightning.data.labels import GRADES
+from lumbar_lightning.data.grading import SCHIZAS
 from lumbar_lightning.evaluation.agreement import severity
 from lumbar_lightning.evaluation.report import render_report
+
+GRADES = SCHIZAS.classes
 
 
 def test_gross_errors_and_recall_on_a_known_case() -> None:

@@ -10,9 +10,11 @@ import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from lumbar_lightning.conf import CONF_PATH
 from lumbar_lightning.data.errors import DataContractError
+from lumbar_lightning.data.grading import activate_from
 
 __all__ = ["CONF_PATH", "exit_on_contract_error", "log", "output_dir"]
 
@@ -20,12 +22,15 @@ log = logging.getLogger("lumbar_lightning")
 
 
 @contextlib.contextmanager
-def exit_on_contract_error() -> Iterator[None]:
+def exit_on_contract_error(cfg: Any = None) -> Iterator[None]:
     """Turn a ``DataContractError`` into one clear sentence on stderr and exit status 2, never a traceback.
 
-    Used inside each app's ``main`` (``with exit_on_contract_error():``), where Hydra has not yet caught it.
+    Used inside each app's ``main`` (``with exit_on_contract_error(cfg):``), where Hydra has not yet caught it;
+    it first activates the run's grading scheme (``grading=``), the one place every entry point passes through.
     """
     try:
+        if cfg is not None:
+            activate_from(cfg)
         yield
     except DataContractError as exc:
         print(f"error: {exc}", file=sys.stderr)

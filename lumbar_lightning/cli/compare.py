@@ -27,7 +27,7 @@ def compare(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path=CONF_PATH, config_name="compare", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with exit_on_contract_error():
+    with exit_on_contract_error(cfg):
         compare(cfg)
 
 

@@ -14,7 +14,7 @@ from lumbar_lightning.engine.cross_validation import cross_validate
 
 @hydra.main(config_path=CONF_PATH, config_name="cv", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with exit_on_contract_error():
+    with exit_on_contract_error(cfg):
         cross_validate(cfg, output_dir())
 
 

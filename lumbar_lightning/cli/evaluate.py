@@ -11,7 +11,7 @@ from lumbar_lightning.evaluation.external import evaluate
 
 @hydra.main(config_path=CONF_PATH, config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with exit_on_contract_error():
+    with exit_on_contract_error(cfg):
         evaluate(cfg, output_dir())
 
 

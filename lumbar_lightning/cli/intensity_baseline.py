@@ -17,7 +17,7 @@ def main(cfg: DictConfig) -> None:
     from lumbar_lightning.evaluation.baseline import intensity_baseline
     from lumbar_lightning.io import atomic_write_text
 
-    with exit_on_contract_error():
+    with exit_on_contract_error(cfg):
         result = intensity_baseline(LumbarDataset.ingest(cfg.data_dir), cfg.rater)
     keys = ("rater", "n", "accuracy", "f1_macro", "f1_per_class", "kappa")
     print(json.dumps({k: result[k] for k in keys}, indent=2))

@@ -14,7 +14,7 @@ from lumbar_lightning.cli import CONF_PATH, exit_on_contract_error, output_dir
 def main(cfg: DictConfig) -> None:
     from lumbar_lightning.inference.predict import predict  # torch and the models load after Hydra composes
 
-    with exit_on_contract_error():
+    with exit_on_contract_error(cfg):
         predict(cfg, Path(cfg.out_dir) if cfg.get("out_dir") else output_dir())
 
 

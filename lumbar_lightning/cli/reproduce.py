@@ -15,7 +15,7 @@ from lumbar_lightning.engine.reproduce import SPREAD_FILE, record_reference, rec
 
 @hydra.main(config_path=CONF_PATH, config_name="reproduce", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with exit_on_contract_error():
+    with exit_on_contract_error(cfg):
         if cfg.get("record"):
             count = record_reference(Path(cfg.record), Path(cfg.reference))
             log.info(f"recorded {count} fold(s) of {cfg.record} into {cfg.reference}")

@@ -14,7 +14,7 @@ from lumbar_lightning.engine.objective import train_for_objective
 
 @hydra.main(config_path=CONF_PATH, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    with exit_on_contract_error():
+    with exit_on_contract_error(cfg):
         return train_for_objective(cfg, output_dir())
 
 

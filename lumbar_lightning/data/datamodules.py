@@ -21,11 +21,10 @@ from lumbar_lightning.data.consensus import ConsensusModel
 from lumbar_lightning.data.dataset import LumbarDataset
 from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.data.folds import SPLITS, StratifiedPatientFolds
-from lumbar_lightning.data.labels import BOX_COLUMNS, CONSENSUS, GRADES, LEVEL_INDEX
+from lumbar_lightning.data.labels import BOX_COLUMNS, CONSENSUS, LEVEL_INDEX, grades
 from lumbar_lightning.data.series import canal_brightness, reference_slices
 from lumbar_lightning.data.transforms import PatchGeometry, scale_boxes
 
-GRADE_INDEX = {g: i for i, g in enumerate(GRADES)}
 TASKS = ("rootlet", "grade")
 BOX = list(BOX_COLUMNS)
 
@@ -381,7 +380,7 @@ class PatchDataModule(LumbarDataModule):
     def targets(self, rows: pd.DataFrame) -> np.ndarray:
         if self.task == "rootlet":
             return rows["level"].map(LEVEL_INDEX).to_numpy(dtype=np.int64)
-        return rows["grade"].map(GRADE_INDEX).to_numpy(dtype=np.int64)
+        return rows["grade"].map({g: i for i, g in enumerate(grades())}).to_numpy(dtype=np.int64)
 
     def soft_targets(self, rows: pd.DataFrame) -> np.ndarray | None:
         """Each class's share of the raters' votes, where the rows are a consensus (``LabelTable.consensus``)."""
@@ -390,11 +389,11 @@ class PatchDataModule(LumbarDataModule):
         if self.task == "rootlet":
             share = rows["rootlet_share"].to_numpy(dtype=float)
             return np.stack([1.0 - share, share], axis=1)  # class order: LEVEL_INDEX (cord 0, rootlet 1)
-        return rows[[f"grade_share_{g}" for g in GRADES]].to_numpy(dtype=float)
+        return rows[[f"grade_share_{g}" for g in grades()]].to_numpy(dtype=float)
 
     @property
     def num_classes(self) -> int:
-        return 2 if self.task == "rootlet" else len(GRADES)
+        return 2 if self.task == "rootlet" else len(grades())
 
     def build(self, rows: pd.DataFrame, augment: Augmenter | None) -> Dataset:
         assert self.dataset is not None

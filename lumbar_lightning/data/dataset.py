@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections import OrderedDict
 from dataclasses import astuple, dataclass, field
@@ -16,7 +17,8 @@ from lumbar_lightning.data.dicom.cache import ImageCache
 from lumbar_lightning.data.dicom.scan import DicomIndex, SkippedFile, scan_dicom
 from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.data.folds import StratifiedPatientFolds, stratum
-from lumbar_lightning.data.labels import GRADES, LabelTable, load_labels
+from lumbar_lightning.data.grading import active
+from lumbar_lightning.data.labels import LabelTable, grades, load_labels
 from lumbar_lightning.data.series import SeriesDecision, select_series
 from lumbar_lightning.data.transforms import PatchGeometry, resize_image
 
@@ -25,6 +27,24 @@ TRUTH_RATER = "truth"
 #: each image about nine times (detector input, both raters' patches at two contexts, series references), and
 #: reading the .npy each time was most of a worker's first fold (50 of 144 s on the demo phantom).
 PIXEL_MEMORY_MB = float(os.environ.get("LUMBAR_PIXEL_MEMORY_MB", "1024"))
+
+
+def check_grading(root: Path) -> None:
+    """A data set that declares its grading scheme (``dataset.json``, written by ``lumbar-ingest format=...``) is
+    read only under that scheme: one sentence saying which ``grading=`` to run with, not a rejected-row storm."""
+    manifest = root / "dataset.json"
+    if not manifest.is_file():
+        return
+    try:
+        declared = json.loads(manifest.read_text()).get("grading")
+    except (json.JSONDecodeError, AttributeError):
+        raise DataContractError(f"{manifest}: not a JSON object") from None
+    scheme = active()
+    if declared and declared != scheme.name:
+        raise DataContractError(
+            f"{manifest}: this data set is graded in the {declared!r} scheme; run with grading={declared} "
+            f"(the run's scheme is {scheme.name!r}: {', '.join(scheme.classes)})"
+        )
 
 
 @dataclass
@@ -53,6 +73,7 @@ class LumbarDataset:
         root = Path(root)
         if not root.is_dir():
             raise DataContractError(f"data set folder {root} does not exist")
+        check_grading(root)
         cache = ImageCache(Path(cache_dir) if cache_dir else root / ".cache")
         index = scan_dicom(root / "dicom", cache, salt)
         if index.images.empty:
@@ -154,14 +175,14 @@ class LumbarDataset:
         The stratum is the most severe call any rater made (cord only if every rater said cord), so folds are
         the same for every rater and Classifier1 and Classifier2 are tested on the same patients.
         """
-        rank = {"": -1, **{g: i for i, g in enumerate(GRADES)}}
+        rank = {"": -1, **{g: i for i, g in enumerate(grades())}}
         rows = self.labels.rows
         per_image = rows.assign(_rank=rows["grade"].map(rank), _rootlet=rows["level"] == "rootlet").groupby(
             "sop_instance_uid"
         )
         summary = per_image.agg(rank=("_rank", "max"), rootlet=("_rootlet", "any")).reset_index()
         summary["stratum"] = [
-            stratum("rootlet" if rl else "cord", GRADES[r] if r >= 0 else "")
+            stratum("rootlet" if rl else "cord", grades()[r] if r >= 0 else "")
             for rl, r in zip(summary["rootlet"], summary["rank"], strict=True)
         ]
         patient = self.images.set_index("sop_instance_uid")["patient"]

@@ -14,8 +14,14 @@ import pandas as pd
 from lumbar_lightning.data.consensus import NO_VOTE, ConsensusModel, VoteShares, hard_calls, vote_matrix
 from lumbar_lightning.data.dicom.headers import image_key
 from lumbar_lightning.data.errors import DataContractError
+from lumbar_lightning.data.grading import active
 
-GRADES = ("A", "B", "C", "D")
+
+def grades() -> tuple[str, ...]:
+    """The grade classes of the active scheme (``grading=``), in order of severity."""
+    return active().classes
+
+
 LEVELS = ("rootlet", "cord")
 #: Class index of each level: the rootlet classifier's single logit is P(rootlet).
 LEVEL_INDEX = {"cord": 0, "rootlet": 1}
@@ -79,20 +85,20 @@ class LabelTable:
             rows.groupby("sop_instance_uid", sort=False)[list(BOX_COLUMNS)].mean().loc[out.index].to_numpy()
         )
         wide = rows.pivot(index="sop_instance_uid", columns="analyzer").reindex(out.index)
-        grades = wide["grade"].where(wide["level"] == "rootlet", "").fillna("")
+        grade_calls = wide["grade"].where(wide["level"] == "rootlet", "").fillna("")
         fit_mask = None if fit is None else out.index.isin(fit)
         level_votes = vote_matrix(wide["level"].fillna("").to_numpy().tolist(), LEVEL_CLASSES)
-        grade_votes = vote_matrix(grades.to_numpy().tolist(), GRADES)
+        grade_votes = vote_matrix(grade_calls.to_numpy().tolist(), grades())
         level_p = model.posterior(level_votes, len(LEVEL_CLASSES), fit_mask)
-        grade_p = model.posterior(grade_votes, len(GRADES), fit_mask)
+        grade_p = model.posterior(grade_votes, len(grades()), fit_mask)
         graded = (grade_votes != NO_VOTE).any(axis=1)
         grade_p[~graded] = 0.0
         out["rootlet_share"] = level_p[:, LEVEL_INDEX["rootlet"]]
-        for g, column in zip(GRADES, grade_p.T, strict=True):
+        for g, column in zip(grades(), grade_p.T, strict=True):
             out[f"grade_share_{g}"] = column
         out["level"] = np.asarray(LEVEL_CLASSES)[hard_calls(level_p)]
         out["grade"] = np.where(
-            graded & (out["level"] == "rootlet"), np.asarray(GRADES)[hard_calls(grade_p)], ""
+            graded & (out["level"] == "rootlet"), np.asarray(grades())[hard_calls(grade_p)], ""
         )
         return out.assign(analyzer=CONSENSUS)
 
@@ -119,7 +125,7 @@ class LabelTable:
         for r in self.raters:
             g = self.rows.loc[(self.rows["analyzer"] == r) & (self.rows["grade"] != ""), "grade"]
             n = len(g)
-            out[r] = {k: (float((g == k).sum()) / n if n else 0.0) for k in GRADES}
+            out[r] = {k: (float((g == k).sum()) / n if n else 0.0) for k in grades()}
         return out
 
     def report(self) -> dict[str, dict[str, Any]]:
@@ -134,7 +140,8 @@ class LabelTable:
         }
 
 
-def _parse_float(value: str, column: str) -> float:
+def parse_number(value: str, column: str) -> float:
+    """A CSV cell as a finite float; ``ValueError`` naming the column and the value otherwise."""
     try:
         number = float(value)
     except ValueError:
@@ -170,7 +177,7 @@ def validate_row(
         uid = key
     elif uid not in image_sizes:
         raise ValueError(_unknown(uid, excluded, f"sop_instance_uid {uid!r}"))
-    box = {c: _parse_float((row.get(c) or "").strip(), c) for c in BOX_COLUMNS}
+    box = {c: parse_number((row.get(c) or "").strip(), c) for c in BOX_COLUMNS}
     if not (box["x_min"] < box["x_max"] and box["y_min"] < box["y_max"]):
         raise ValueError(f"inverted or empty box: need x_min < x_max and y_min < y_max, got {box}")
     rows, cols = image_sizes[uid]
@@ -180,8 +187,8 @@ def validate_row(
     if level not in LEVELS:
         raise ValueError(f"unknown level {level!r}: must be one of {', '.join(LEVELS)}")
     grade = (row.get("grade") or "").strip()
-    if grade and grade not in GRADES:
-        raise ValueError(f"unknown grade {grade!r}: must be one of {', '.join(GRADES)} or empty")
+    if grade and grade not in grades():
+        raise ValueError(f"unknown grade {grade!r}: must be one of {', '.join(grades())} or empty")
     if level == "cord" and grade:
         raise ValueError(f"a grade ({grade}) on a cord row: grades apply to rootlet level only")
     return {

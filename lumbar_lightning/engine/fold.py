@@ -21,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lumbar_lightning.data.datamodules import load_dataset
 from lumbar_lightning.data.dataset import LumbarDataset
+from lumbar_lightning.data.errors import DataContractError
+from lumbar_lightning.data.grading import activate_from
 from lumbar_lightning.data.transforms import PatchGeometry
 from lumbar_lightning.engine.detector_sharing import detector_rater
 from lumbar_lightning.evaluation.calibration import calibration_report
@@ -303,10 +305,21 @@ def baseline_enabled(cfg: DictConfig) -> bool:
     return bool(cfg.get("baseline", False)) and cfg.model.get("baseline") is not None
 
 
+def run_stages(cfg: DictConfig) -> tuple[str, ...]:
+    """The pipeline's stages in order (``stages=``): all three, or ``[detector, grade]`` for a data set without
+    rootlet/cord labels (every slice is then graded)."""
+    wanted = [str(s) for s in (cfg.get("stages") or STAGES)]
+    if unknown := sorted(set(wanted) - set(STAGES)):
+        raise DataContractError(f"stages: unknown stage(s) {unknown}; known: {list(STAGES)}")
+    if "detector" not in wanted or "grade" not in wanted:
+        raise DataContractError(f"stages={wanted}: the pipeline needs at least the detector and the grade")
+    return tuple(s for s in STAGES if s in wanted)
+
+
 def build_modules(cfg: DictConfig) -> dict[str, StageModule]:
-    """The three LightningModules from their configs (``model.<stage>.module``), then the baseline's if enabled
+    """The stages' LightningModules from their configs (``model.<stage>.module``), then the baseline's if enabled
     (built last, so the three stages' initial weights do not depend on whether it is)."""
-    stages = (*STAGES, "baseline") if baseline_enabled(cfg) else STAGES
+    stages = (*run_stages(cfg), "baseline") if baseline_enabled(cfg) else run_stages(cfg)
     # _convert_="all": plain lists and dicts in hyperparameters, so checkpoints load with weights_only=True.
     return {stage: hydra.utils.instantiate(cfg.model[stage].module, _convert_="all") for stage in stages}
 
@@ -324,6 +337,7 @@ def run_fold(
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     cfg = OmegaConf.merge(cfg, {"data": {"rater": rater, "fold": fold}})  # what loggers record is this run
+    activate_from(cfg)  # a fold in a worker process grades in the run's scheme too
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     dataset = prepare_data(cfg)
@@ -332,11 +346,11 @@ def run_fold(
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     modules = build_modules(cfg)
     detector: CanalDetector = modules["detector"]  # type: ignore[assignment]
-    rootlet: RootletClassifier = modules["rootlet"]  # type: ignore[assignment]
+    rootlet: RootletClassifier | None = modules.get("rootlet")  # type: ignore[assignment]
     grader: GradeClassifier = modules["grade"]  # type: ignore[assignment]
     patch_stages = [s for s in modules if s != "detector"]  # rootlet, grade and the baseline if enabled
     geometry = {stage: stage_geometry(cfg, stage) for stage in patch_stages}
-    write_pipeline_spec(out_dir, cfg, {s: modules[s] for s in STAGES}, geometry)
+    write_pipeline_spec(out_dir, cfg, {s: modules[s] for s in STAGES if s in modules}, geometry)
 
     metrics: dict[str, Any] = {"fold": fold, "rater": rater}
     box_rater = detector_rater(cfg, rater)
@@ -358,9 +372,9 @@ def run_fold(
 
     pipeline = Pipeline(
         detector.eval().predictor,
-        rootlet.eval().predictor,
+        rootlet.eval().predictor if rootlet is not None else None,
         grader.eval().predictor,
-        geometry["rootlet"],
+        geometry.get("rootlet", geometry["grade"]),
         batch_size=cfg.data.eval_batch_size,
         grade_patch=geometry["grade"],
     )
@@ -375,7 +389,9 @@ def run_fold(
             cfg.data.eval_batch_size,
         )
     atomic_write_text(layout.predictions, predictions.to_csv(index=False))
-    metrics["rootlet"]["chained"], metrics["grade"]["chained"] = chained_metrics(predictions, rater)
+    level_metrics, metrics["grade"]["chained"] = chained_metrics(predictions, rater)
+    if rootlet is not None:
+        metrics["rootlet"]["chained"] = level_metrics
     metrics["grade"]["chained_balanced"] = chained_metrics(predictions, rater, balanced=True)[1]
     metrics["seconds"] = round(time.perf_counter() - start, 1)
     metrics["environment"] = fingerprint()  # what the numbers depend on (make reproduce compares it)

@@ -62,10 +62,13 @@ def train_for_objective(cfg: DictConfig, root: Path) -> float:
 def fold_line(metrics: dict) -> str:
     """One line a person can read: detection, rootlet and grade agreement of the chained pipeline."""
     det = metrics["detector"]
-    root, grade = metrics["rootlet"]["chained"], metrics["grade"]["chained"]
+    grade = metrics["grade"]["chained"]
+    level = (
+        f"rootlet/cord {100 * metrics['rootlet']['chained']['accuracy']:.1f}%, " if "rootlet" in metrics else ""
+    )  # a run with stages=[detector, grade] has no level call
     return (
         f"detection rate {100 * det.get('test/acc', float('nan')):.1f}% (IoU {det.get('test/iou', float('nan')):.2f}), "
-        f"rootlet/cord {100 * root['accuracy']:.1f}%, grade {100 * grade['accuracy']:.1f}% "
+        f"{level}grade {100 * grade['accuracy']:.1f}% "
         f"(macro F1 {100 * grade['f1_macro']:.1f}), {metrics['seconds']:.0f}s"
     )
 

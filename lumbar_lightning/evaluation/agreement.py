@@ -54,3 +54,17 @@ def severity(a: Sequence[str], b: Sequence[str], classes: Sequence[str]) -> dict
     }
     rate = gross / len(ia) if len(ia) else float("nan")
     return {"gross_errors": gross, "gross_error_rate": rate, "recall_per_class": recall}
+
+
+def weighted_log_loss(
+    reference: Sequence[str], probs: np.ndarray, classes: Sequence[str], weights: Sequence[float]
+) -> float:
+    """The RSNA 2024 challenge's score: the log loss of the probability given to each image's reference class,
+    each image weighted by its class's weight (1 / 2 / 4 for Normal/Mild, Moderate, Severe), rows normalised."""
+    index = {c: i for i, c in enumerate(classes)}
+    truth = np.array([index[v] for v in reference], dtype=int)
+    p = np.asarray(probs, dtype=float)
+    p = p / np.clip(p.sum(axis=1, keepdims=True), 1e-15, None)
+    picked = np.clip(p[np.arange(len(truth)), truth], 1e-15, 1.0)
+    w = np.asarray(weights, dtype=float)[truth]
+    return float(-(w * np.log(picked)).sum() / w.sum()) if len(truth) else float("nan")

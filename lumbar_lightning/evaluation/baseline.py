@@ -14,7 +14,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from lumbar_lightning.data.dataset import LumbarDataset
-from lumbar_lightning.data.labels import GRADES
+from lumbar_lightning.data.labels import grades
 from lumbar_lightning.evaluation.agreement import agreement
 
 FEATURES = ("mean", "std", "p10", "p50", "p90", "bright_fraction", "dark_fraction", "box_area_mm2", "aspect")
@@ -67,7 +67,7 @@ def intensity_baseline(
         model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced"))
         model.fit(x[train], y[train])
         predicted[test] = model.predict(x[test])
-    result = agreement(y, predicted, GRADES)
+    result = agreement(y, predicted, grades())
     result["features"] = list(FEATURES)
     result["rater"] = rater
     return result

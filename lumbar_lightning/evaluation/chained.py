@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from lumbar_lightning.data.labels import GRADES, LEVEL_INDEX
+from lumbar_lightning.data.labels import LEVEL_INDEX, grades
 from lumbar_lightning.evaluation.agreement import agreement
 
 
@@ -18,6 +18,6 @@ def chained_metrics(predictions: pd.DataFrame, rater: str, balanced: bool = Fals
     labelled = predictions[predictions[level_col] != ""]
     rootlet = agreement(labelled[level_col], labelled["pred_level"], list(LEVEL_INDEX))
     graded = labelled[(labelled[grade_col] != "") & (labelled[pred_grade] != "")]
-    grade = agreement(graded[grade_col], graded[pred_grade], GRADES)
+    grade = agreement(graded[grade_col], graded[pred_grade], grades())
     grade["coverage"] = float(len(graded) / max(1, (labelled[grade_col] != "").sum()))
     return rootlet, grade

@@ -15,7 +15,7 @@ from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.evaluation.agreement import agreement
 from lumbar_lightning.evaluation.figures import confusion_grid
 from lumbar_lightning.evaluation.statistics import bootstrap_ci, mcnemar, paired_fold_ttest
-from lumbar_lightning.evaluation.study import TASK_CLASSES, load_cv_predictions, readers
+from lumbar_lightning.evaluation.study import load_cv_predictions, readers, task_classes
 from lumbar_lightning.io import atomic_write_text
 
 ALPHA = 0.05
@@ -57,7 +57,7 @@ def compare_runs(run_a: Path | str, run_b: Path | str, seed: int = 0) -> dict[st
     run_a, run_b = Path(run_a), Path(run_b)
     frame, refs, cls_a, cls_b = _merge(run_a, run_b)
     out: dict[str, Any] = {"run_a": str(run_a), "run_b": str(run_b), "images": len(frame), "alpha": ALPHA}
-    for task, classes in TASK_CLASSES.items():
+    for task, classes in task_classes().items():
         col = "level" if task == "rootlet" else "grade"
         keep = np.ones(len(frame), dtype=bool)
         for name in refs + cls_a + cls_b:
@@ -100,7 +100,7 @@ def render_comparison(result: dict[str, Any]) -> str:
         f"- common test images: {result['images']}; significance at p < {result['alpha']}",
         "",
     ]
-    for task in TASK_CLASSES:
+    for task in task_classes():
         part = result[task]
         lines += [
             f"## {task} (n = {part['n']})",
@@ -134,7 +134,7 @@ def write_comparison(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = compare_runs(run_a, run_b, seed)
-    for task in TASK_CLASSES:
+    for task in task_classes():
         table = result[task]["agreement"]
         confusion_grid(
             table,

@@ -66,7 +66,9 @@ def worst_cases(predictions: Any, n: int = 12) -> Any:
     """
     import pandas as pd
 
-    grades = ["A", "B", "C", "D"]
+    from lumbar_lightning.data.labels import grades as scheme_grades
+
+    grades = list(scheme_grades())
     frame = predictions.copy()
     truth = "grade_truth" in frame and (frame["grade_truth"] != "").any()
     frame["reference"] = (

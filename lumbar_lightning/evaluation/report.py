@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lumbar_lightning.data.labels import GRADES
+from lumbar_lightning.data.grading import SCHIZAS, active
+from lumbar_lightning.data.labels import grades
 from lumbar_lightning.evaluation.calibration import calibration_summary
 from lumbar_lightning.evaluation.figures import (
     confusion_grid,
@@ -49,6 +50,7 @@ SUMMARY_KEYS = (
     "gross_errors",
     "gross_error_rate",
     "recall_per_class",
+    "weighted_log_loss",  # where the grading scheme weights its classes (grading=rsna)
 )
 
 
@@ -68,7 +70,9 @@ def per_fold_metrics(per_rater: dict[str, list[dict[str, Any]]]) -> dict[str, di
         series = {
             "detection_rate": [m["detector"].get("test/acc", np.nan) for m in folds],
             "detection_iou": [m["detector"].get("test/iou", np.nan) for m in folds],
-            "rootlet_accuracy": [m["rootlet"]["chained"]["accuracy"] for m in folds],
+            "rootlet_accuracy": [
+                m.get("rootlet", {}).get("chained", {}).get("accuracy", np.nan) for m in folds
+            ],
             "grade_accuracy": [m["grade"]["chained"]["accuracy"] for m in folds],
             "grade_f1_macro": [m["grade"]["chained"]["f1_macro"] for m in folds],
             "grade_accuracy_balanced": [m["grade"]["chained_balanced"]["accuracy"] for m in folds],
@@ -113,15 +117,18 @@ def cv_summary(
     referral_pairs += [
         (r, classifier_name(r)) for r in who["raters"] if classifier_name(r) in who["classifiers"]
     ]
+    # a run without the rootlet stage (stages=[detector, grade]) grades every slice: no level table
+    has_rootlet = any("rootlet" in m for per_rater in folds.values() for m in per_rater)
     return {
         "rootlet": {
-            p: {k: v for k, v in row.items() if k in SUMMARY_KEYS} for p, row in tables["rootlet"].items()
+            p: {k: v for k, v in row.items() if k in SUMMARY_KEYS}
+            for p, row in (tables["rootlet"] if has_rootlet else {}).items()
         },
         "grade": {
             p: {k: v for k, v in row.items() if k in SUMMARY_KEYS} for p, row in tables["grade"].items()
         },
         "baseline": baseline_comparison(tables["grade"]),
-        "per_level": tables["per_level"],
+        "per_level": {t: v for t, v in tables["per_level"].items() if t != "rootlet" or has_rootlet},
         "grade_distribution": tables["grade_distribution"],
         "per_fold": per_fold_metrics(folds),
         "calibration": calibration_summary(folds),
@@ -146,6 +153,8 @@ def render_report(summary: dict[str, Any], title: str = "lumbar-lightning cross-
         "",
     ]
     for task, name in (("rootlet", "Rootlet / cord"), ("grade", "Stenosis grade")):
+        if not summary[task]:
+            continue  # a stage the run did not have
         lines += [
             f"## {name}",
             "",
@@ -166,17 +175,29 @@ def render_report(summary: dict[str, Any], title: str = "lumbar-lightning cross-
     lines += [
         "## Severe grades",
         "",
-        "Disagreements of two grades or more (a D called A or B, a C called A), and the second reader's recall of",
+        f"Disagreements of two grades or more ({' < '.join(grades())}), and the second reader's recall of",
         "each grade of the first (the pair's first name is the reference).",
         "",
-        "| pair | gross errors | gross error % | recall A % | recall B % | recall C % | recall D % |",
-        "|---|---|---|---|---|---|---|",
+        "| pair | gross errors | gross error % | " + " | ".join(f"recall {g} %" for g in grades()) + " |",
+        "|---|---|---|" + "---|" * len(grades()),
     ]
     for pair, row in summary["grade"].items():
         recall = row.get("recall_per_class", {})
         cells = [str(row.get("gross_errors", "")), _pct(row.get("gross_error_rate"))]
-        cells += [_pct(recall.get(g)) for g in GRADES]
+        cells += [_pct(recall.get(g)) for g in grades()]
         lines.append(f"| {pair} | " + " | ".join(cells) + " |")
+    scored = {
+        pair: row["weighted_log_loss"] for pair, row in summary["grade"].items() if "weighted_log_loss" in row
+    }
+    if scored:  # the scheme weights its classes (grading=rsna: the challenge's score)
+        weights = " / ".join(f"{g} {w:g}" for g, w in zip(grades(), active().weights or (), strict=False))
+        lines += [
+            "",
+            f"Weighted log loss of each classifier's probabilities (class weights {weights}; lower is better):",
+            "",
+        ]
+        lines += ["| pair | weighted log loss |", "|---|---|"]
+        lines += [f"| {pair} | {value:.4f} |" for pair, value in scored.items()]
     if summary.get("baseline"):
         lines += [
             "",
@@ -198,14 +219,16 @@ def render_report(summary: dict[str, Any], title: str = "lumbar-lightning cross-
             )
     lines += calibration_lines(summary.get("calibration", {}))
     lines += referral_lines(summary.get("referral", {}))
-    lines += ["", "## Grade distribution (%)", "", "| reader | A | B | C | D |", "|---|---|---|---|---|"]
+    lines += ["", "## Grade distribution (%)", "", "| reader | " + " | ".join(grades()) + " |"]
+    lines += ["|---|" + "---|" * len(grades())]
     for who, dist in summary["grade_distribution"].items():
-        lines.append(f"| {who} | " + " | ".join(_pct(dist[g]) for g in GRADES) + " |")
-    for who, dist in summary["paper"]["grade_distribution"].items():
-        lines.append(f"| paper {who} | " + " | ".join(f"{v:.1f}" for v in dist) + " |")
+        lines.append(f"| {who} | " + " | ".join(_pct(dist[g]) for g in grades()) + " |")
+    if active() == SCHIZAS:  # the paper's distribution is in its own scheme
+        for who, dist in summary["paper"]["grade_distribution"].items():
+            lines.append(f"| paper {who} | " + " | ".join(f"{v:.1f}" for v in dist) + " |")
     lines += ["", "## Agreement per vertebral level (%)", ""]
     for task in ("rootlet", "grade"):
-        levels = summary["per_level"][task]
+        levels = summary["per_level"].get(task)
         if not levels:
             continue
         pairs = list(next(iter(levels.values())))
@@ -336,6 +359,8 @@ def write_cv_report(
                 f"![worst cases]({RunLayout(Path()).worst_cases})\n" + appendix  # relative to the report
             )
     for task in ("rootlet", "grade"):
+        if not summary[task]:
+            continue
         pairs = [p for p in summary[task] if not p.startswith("truth-")] + [
             p for p in summary[task] if p.startswith("truth-")
         ]

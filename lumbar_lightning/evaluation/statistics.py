@@ -14,15 +14,14 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from lumbar_lightning.data.labels import GRADES
-
-#: Ordinal codes for the paired t-test: grades A=0..D=3; level cord=0, rootlet=1.
-ORDINAL = {**{g: i for i, g in enumerate(GRADES)}, "cord": 0, "rootlet": 1}
+from lumbar_lightning.data.labels import grades
 
 
 def ordinal_codes(labels: Sequence[str]) -> np.ndarray:
+    """Ordinal codes for the paired t-test: the active scheme's grades 0, 1, ... (A=0..D=3); cord 0, rootlet 1."""
+    ordinal = {**{g: i for i, g in enumerate(grades())}, "cord": 0, "rootlet": 1}
     try:
-        return np.array([ORDINAL[str(x)] for x in labels], dtype=float)
+        return np.array([ordinal[str(x)] for x in labels], dtype=float)
     except KeyError as exc:
         raise ValueError(f"no ordinal code for label {exc.args[0]!r}") from None
 

@@ -15,12 +15,18 @@ import pandas as pd
 
 from lumbar_lightning.data.dataset import TRUTH_RATER
 from lumbar_lightning.data.errors import DataContractError
-from lumbar_lightning.data.labels import CONSENSUS, GRADES
-from lumbar_lightning.evaluation.agreement import agreement, severity
+from lumbar_lightning.data.grading import active
+from lumbar_lightning.data.labels import CONSENSUS, grades
+from lumbar_lightning.evaluation.agreement import agreement, severity, weighted_log_loss
 from lumbar_lightning.evaluation.statistics import bootstrap_ci, paired_ttest
 from lumbar_lightning.layout import RunLayout
 
-TASK_CLASSES = {"rootlet": ["cord", "rootlet"], "grade": list(GRADES)}
+
+def task_classes() -> dict[str, list[str]]:
+    """Each task's classes: the level's, and the active grading scheme's grades."""
+    return {"rootlet": ["cord", "rootlet"], "grade": list(grades())}
+
+
 #: Won et al.: accuracy and F1 (%) per pair and task, and each rater's grade distribution.
 PAPER = {
     "rootlet": {"A1-A2": (90.3, 86.6), "A1-C1": (92.7, 90.6), "A2-C2": (96.8, 95.6)},
@@ -81,14 +87,17 @@ def load_cv_predictions(root: Path | str, fold_predictions: pd.DataFrame | None 
     for rater, part in frame.groupby("trained_on"):
         part = part.drop_duplicates("sop_instance_uid").set_index("sop_instance_uid")
         c = classifier_name(rater)
-        probs = part[[f"p_{g}" for g in GRADES]].astype(float).to_numpy()
+        probs = part[[f"p_{g}" for g in grades()]].astype(float).to_numpy()
         base[f"level_{c}"] = part["pred_level"]
         # The grader's call on the detected patch (identical to pred_grade wherever the chain says rootlet).
-        base[f"grade_{c}"] = pd.Series(np.asarray(GRADES)[probs.argmax(axis=1)], index=part.index)
+        base[f"grade_{c}"] = pd.Series(np.asarray(grades())[probs.argmax(axis=1)], index=part.index)
         base[f"conf_{c}"] = pd.Series(
             probs.max(axis=1), index=part.index
         )  # calibrated: what referral ranks by
         base[f"fold_{c}"] = part["fold"]
+        if active().weights:  # the scheme's weighted log loss needs each classifier's probabilities
+            for g, column in zip(grades(), probs.T, strict=True):
+                base[f"p_{c}_{g}"] = pd.Series(column, index=part.index)
         if "baseline_grade" in part:  # the baseline CNN on the rater's own boxes (grade task only)
             base[f"grade_{baseline_name(rater)}"] = part["baseline_grade"]
     return base.fillna("").reset_index()
@@ -152,9 +161,13 @@ def pair_table(frame: pd.DataFrame, task: str, seed: int = 0) -> dict[str, dict[
         x, y = data[f"{column}_{a}"], data[f"{column}_{b}"]
         keep = (x != "") & (y != "")
         x, y, patients = x[keep], y[keep], data.loc[keep, "patient"]
-        row = agreement(x, y, TASK_CLASSES[task])
+        row = agreement(x, y, task_classes()[task])
         if task == "grade":  # ordinal: gross errors and the rare grades' recall
-            row.update(severity(x, y, TASK_CLASSES[task]))
+            row.update(severity(x, y, task_classes()[task]))
+            probs = [f"p_{b}_{g}" for g in grades()]
+            if active().weights and set(probs) <= set(data.columns):
+                p = data.loc[keep, probs].replace("", np.nan).astype(float).to_numpy()
+                row["weighted_log_loss"] = weighted_log_loss(x, p, grades(), active().weights)
         row["ttest"] = paired_ttest(x, y)
         row["accuracy_ci95"] = list(bootstrap_ci(x, y, patients, seed=seed))
         out[f"{a}-{b}"] = row
@@ -182,7 +195,7 @@ def grade_distribution(frame: pd.DataFrame) -> dict[str, dict[str, float]]:
     data = task_set(frame, "grade")
     who = readers(frame)
     return {
-        name: {g: float(np.mean(data[f"grade_{name}"] == g)) if len(data) else float("nan") for g in GRADES}
+        name: {g: float(np.mean(data[f"grade_{name}"] == g)) if len(data) else float("nan") for g in grades()}
         for name in who["raters"] + who["classifiers"] + who["truth"]
     }
 
@@ -191,7 +204,7 @@ def study_tables(frame: pd.DataFrame, seed: int = 0) -> dict[str, Any]:
     return {
         "rootlet": pair_table(frame, "rootlet", seed),
         "grade": pair_table(frame, "grade", seed),
-        "per_level": {task: per_level_table(frame, task) for task in TASK_CLASSES},
+        "per_level": {task: per_level_table(frame, task) for task in task_classes()},
         "grade_distribution": grade_distribution(frame),
         "paper_comparable_f1": PAPER_COMPARABLE_F1,
     }

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from lumbar_lightning.data.errors import DataContractError
-from lumbar_lightning.data.labels import GRADES, LEVEL_CLASSES
+from lumbar_lightning.data.grading import SCHIZAS
+from lumbar_lightning.data.labels import LEVEL_CLASSES
 from lumbar_lightning.data.transforms import PatchGeometry
 from lumbar_lightning.inference.pipeline import Pipeline, Prediction, load_stage_weights
 from lumbar_lightning.layout import FoldLayout, RunLayout
@@ -55,6 +56,8 @@ def load_fold_pipeline(fold_dir: Path, device: str = "cpu", batch_size: int | No
     spec = json.loads(layout.pipeline.read_text())
     modules: dict[str, CanalBoxPredictor | PatchPredictor] = {}
     for stage, name in STAGE_CLASSES.items():
+        if stage == "rootlet" and stage not in spec["stages"]:
+            continue  # a run without the level stage (stages=[detector, grade])
         recorded = spec["stages"][stage]
         if recorded["class"] != name:
             raise DataContractError(
@@ -84,9 +87,9 @@ def load_fold_pipeline(fold_dir: Path, device: str = "cpu", batch_size: int | No
     geometry = {s: PatchGeometry(**g) for s, g in spec["geometry"].items()}
     return Pipeline(
         modules["detector"],
-        modules["rootlet"],  # type: ignore[arg-type]
+        modules.get("rootlet"),  # type: ignore[arg-type]
         modules["grade"],  # type: ignore[arg-type]
-        geometry["rootlet"],  # type: ignore[arg-type]
+        geometry.get("rootlet", geometry["grade"]),
         batch_size=batch_size or spec["batch_size"],
         device=device,
         grade_patch=geometry["grade"],
@@ -97,7 +100,8 @@ def _predictor(stage: str, hparams: dict[str, Any]) -> CanalBoxPredictor | Patch
     """A stage's predictor, built from its checkpoint's hyperparameters as its LightningModule builds it."""
     if stage == "detector":
         return CanalBoxPredictor.build(**build_kwargs(CanalBoxPredictor.build, hparams))
-    class_names, binary = (LEVEL_CLASSES, True) if stage == "rootlet" else (GRADES, False)
+    grade_classes = hparams.get("classes") or SCHIZAS.classes  # checkpoints before grading schemes: Schizas
+    class_names, binary = (LEVEL_CLASSES, True) if stage == "rootlet" else (tuple(grade_classes), False)
     return PatchPredictor.build(class_names, binary, **build_kwargs(PatchPredictor.build, hparams))
 
 
@@ -125,6 +129,7 @@ class Ensemble:
                 float(np.mean([p.rootlet_prob for p in preds])),
                 np.mean([p.grade_probs for p in preds], axis=0),
                 np.mean([p.grade_probs_balanced for p in preds], axis=0),
+                preds[0].classes,
             )
             # disagreement across the folds: a second, model-based reason to refer (lumbar-predict's refer)
             mean.fold_agreement = float(

@@ -8,7 +8,7 @@ import torch
 
 from lumbar_lightning.data.datamodules import BOX
 from lumbar_lightning.data.dataset import LumbarDataset
-from lumbar_lightning.data.labels import CONSENSUS, GRADES
+from lumbar_lightning.data.labels import CONSENSUS
 from lumbar_lightning.data.transforms import PatchGeometry
 from lumbar_lightning.inference.pipeline import Pipeline
 from lumbar_lightning.models.stages import GradeClassifier
@@ -87,5 +87,5 @@ def baseline_grades(
         )
         x = torch.from_numpy(patches).float()[:, None]
         calls = module.class_log_probs(module(x)).argmax(-1).tolist()
-        out.update({uid: GRADES[c] for uid, c in zip(part, calls, strict=True)})
+        out.update({uid: module.class_names[c] for uid, c in zip(part, calls, strict=True)})
     return [out[uid] for uid in uids]

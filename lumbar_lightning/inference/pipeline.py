@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from lumbar_lightning.data.labels import GRADES, LEVEL_INDEX
+from lumbar_lightning.data.grading import SCHIZAS
+from lumbar_lightning.data.labels import LEVEL_INDEX
 from lumbar_lightning.data.series import canal_brightness, reference_slices
 from lumbar_lightning.data.transforms import PatchGeometry, resize_image, scale_boxes
 from lumbar_lightning.models.predictors import CanalBoxPredictor, PatchPredictor
@@ -28,6 +29,7 @@ class Prediction:
     grade_probs_balanced: np.ndarray  # without prior correction
     grade: str  # empty where the level is cord
     fold_agreement: float = 1.0  # share of a fold ensemble's members whose own call is this level and grade
+    classes: tuple[str, ...] = SCHIZAS.classes  # the grader's classes, in the order of grade_probs
 
     @property
     def confidence(self) -> float:
@@ -44,10 +46,11 @@ class Prediction:
         rootlet_prob: float,
         grade_probs: np.ndarray,
         grade_probs_balanced: np.ndarray,
+        classes: tuple[str, ...] = SCHIZAS.classes,
     ) -> Prediction:
         """The level (rootlet at probability >= 0.5) and, on rootlet slices only, the most probable grade."""
         level = "rootlet" if rootlet_prob >= 0.5 else "cord"
-        grade = GRADES[int(np.argmax(grade_probs))] if level == "rootlet" else ""
+        grade = classes[int(np.argmax(grade_probs))] if level == "rootlet" else ""
         return cls(
             np.asarray(box),
             float(box_score),
@@ -56,6 +59,7 @@ class Prediction:
             grade_probs,
             grade_probs_balanced,
             grade,
+            classes=tuple(classes),
         )
 
     def as_row(self) -> dict[str, Any]:
@@ -68,11 +72,13 @@ class Prediction:
             "rootlet_prob": round(self.rootlet_prob, 4),
             "pred_level": self.level,
         }
-        for g, p, q in zip(GRADES, self.grade_probs, self.grade_probs_balanced, strict=True):
+        for g, p, q in zip(self.classes, self.grade_probs, self.grade_probs_balanced, strict=True):
             row[f"p_{g}"] = round(float(p), 4)
             row[f"p_{g}_balanced"] = round(float(q), 4)
         row["pred_grade"] = self.grade
-        row["pred_grade_balanced"] = GRADES[int(np.argmax(self.grade_probs_balanced))] if self.grade else ""
+        row["pred_grade_balanced"] = (
+            self.classes[int(np.argmax(self.grade_probs_balanced))] if self.grade else ""
+        )
         row["confidence"] = round(self.confidence, 4)
         row["fold_agreement"] = round(self.fold_agreement, 4)
         return row
@@ -80,6 +86,9 @@ class Prediction:
 
 class Pipeline:
     """Detector, then rootlet classifier on the detected patch, then grader on the patches called rootlet.
+
+    Without a rootlet classifier (``stages=[detector, grade]``: a data set with no level labels) every slice is
+    read at rootlet level and graded.
 
     Images go in as full-size normalised arrays (the ingestion cache's format); everything runs in batches.
     The stages are plain-torch predictors (a trained LightningModule's ``predictor``, or one rebuilt from a
@@ -89,7 +98,7 @@ class Pipeline:
     def __init__(
         self,
         detector: CanalBoxPredictor,
-        rootlet: PatchPredictor,
+        rootlet: PatchPredictor | None,
         grade: PatchPredictor,
         patch: PatchGeometry,
         batch_size: int = 64,
@@ -97,7 +106,7 @@ class Pipeline:
         grade_patch: PatchGeometry | None = None,
     ) -> None:
         self.detector = detector.eval().to(device)
-        self.rootlet = rootlet.eval().to(device)
+        self.rootlet = rootlet.eval().to(device) if rootlet is not None else None
         self.grade = grade.eval().to(device)
         self.patch = patch
         self.grade_patch = grade_patch or patch  # the grader may look at its own patch size
@@ -145,16 +154,19 @@ class Pipeline:
             return torch.from_numpy(np.stack(patches))[:, None].to(self.device)
 
         level_in = cut(self.patch)
-        rootlet = (
-            torch.cat(
-                [
-                    self.rootlet.predict_step({"image": level_in[start : start + self.batch_size]})["probs"]
-                    for start in range(0, len(level_in), self.batch_size)
-                ]
-            )[:, LEVEL_INDEX["rootlet"]]
-            .cpu()
-            .numpy()
-        )
+        if self.rootlet is None:  # no level stage: every slice is graded
+            rootlet = np.ones(len(images), dtype=np.float32)
+        else:
+            rootlet = (
+                torch.cat(
+                    [
+                        self.rootlet.predict_step({"image": level_in[s : s + self.batch_size]})["probs"]
+                        for s in range(0, len(level_in), self.batch_size)
+                    ]
+                )[:, LEVEL_INDEX["rootlet"]]
+                .cpu()
+                .numpy()
+            )
         grade_in = level_in if self.grade_patch == self.patch else cut(self.grade_patch)
         if self.grade.series_reference:
             groups = np.zeros(len(images)) if series is None else np.asarray(series)
@@ -198,6 +210,7 @@ class Pipeline:
                 out["rootlet_prob"][i],
                 out["grade_probs"][i],
                 out["grade_probs_balanced"][i],
+                self.grade.class_names or SCHIZAS.classes,
             )
             for i in range(len(images))
         ]

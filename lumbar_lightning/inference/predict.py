@@ -25,7 +25,8 @@ from tqdm import tqdm
 from lumbar_lightning.data.dicom.cache import ImageCache
 from lumbar_lightning.data.dicom.scan import scan_dicom
 from lumbar_lightning.data.errors import DataContractError
-from lumbar_lightning.data.labels import GRADES
+from lumbar_lightning.data.grading import active
+from lumbar_lightning.data.labels import grades
 from lumbar_lightning.data.series import select_series
 from lumbar_lightning.inference.ensemble import Ensemble, fold_dirs, load_fold_pipeline
 from lumbar_lightning.io import atomic_write_text
@@ -45,9 +46,10 @@ def estimated_levels(positions: np.ndarray, segment_mm: float, offset: float = 0
     return [LEVELS_FROM_BOTTOM[i] if 0 <= i < len(LEVELS_FROM_BOTTOM) else "above T12/L1" for i in index]
 
 
-def worst_grade_summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per study and vertebral level: slices, rootlet slices, and the worst (most severe) predicted grade."""
-    rank = {g: i for i, g in enumerate(GRADES)}
+def worst_grade_summary(frame: pd.DataFrame, classes: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Per study and vertebral level: slices, rootlet slices, and the worst (most severe) predicted grade
+    (``classes``: the grader's, mild to severe; default the active grading scheme's)."""
+    rank = {g: i for i, g in enumerate(classes or grades())}
     rows = []
     for (patient, series, level), part in frame.groupby(
         ["patient", "series_instance_uid", "vertebral_level"], sort=False
@@ -92,7 +94,7 @@ def overlay_png(image: np.ndarray, row: dict[str, Any], path: Path, width: int =
     canvas = np.full((height + 34, width, 3), 255, np.uint8)
     canvas[34:] = grey[..., None]
     x0, y0, x1, y1 = (row[f"pred_{k}"] * scale for k in ("x_min", "y_min", "x_max", "y_max"))
-    colour = SEVERE_BGR if row["pred_grade"] in ("C", "D") else MILD_BGR
+    colour = SEVERE_BGR if row["pred_grade"] in active().severe else MILD_BGR
     cv2.rectangle(canvas, (round(x0), round(y0) + 34), (round(x1), round(y1) + 34), colour, 2)
     label = row["pred_level"] + (f", grade {row['pred_grade']}" if row["pred_grade"] else "")
     lines = (f"{row['patient']} slice {row['slice_index']} ({row['vertebral_level']})", label)
@@ -192,7 +194,10 @@ def predict(cfg: DictConfig, out: Path) -> pd.DataFrame:
         f"{cfg.referral.confidence} or fold agreement < {cfg.referral.fold_agreement})"
     )
     atomic_write_text(out / "predictions.csv", predictions.to_csv(index=False))
-    atomic_write_text(out / "summary.csv", worst_grade_summary(predictions).to_csv(index=False))
+    atomic_write_text(
+        out / "summary.csv",
+        worst_grade_summary(predictions, model.pipelines[0].grade.class_names or None).to_csv(index=False),
+    )
     n, seconds = (sum(v) for v in zip(*timings, strict=True))
     log.info(
         f"{len(predictions)} images of {len(studies)} studies in {seconds:.1f}s "

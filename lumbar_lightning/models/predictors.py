@@ -135,9 +135,11 @@ class PatchPredictor(nn.Module):
         flip_tta: bool = False,
         series_reference: bool = False,
         temperature: torch.Tensor | None = None,
+        class_names: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.net = net
+        self.class_names = tuple(class_names)  # what each output means (the grader's: the grading scheme's)
         self.register_buffer("log_prior", log_prior)
         self.register_buffer("temperature", torch.ones(()) if temperature is None else temperature)
         self.binary = binary
@@ -174,7 +176,9 @@ class PatchPredictor(nn.Module):
             list(class_prior) if class_prior else [1.0] * len(class_names), dtype=torch.float32
         )
         log_prior = torch.log(prior / prior.sum())
-        return cls(net, log_prior, binary, prior_correction, flip_tta, series_reference)
+        return cls(
+            net, log_prior, binary, prior_correction, flip_tta, series_reference, class_names=class_names
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits; in eval mode with ``flip_tta`` the mean over the patch and its mirror image.

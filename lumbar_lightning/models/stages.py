@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 
-from lumbar_lightning.data.labels import GRADES, LEVEL_CLASSES
+from lumbar_lightning.data.labels import LEVEL_CLASSES, grades
 from lumbar_lightning.models.metrics import classification_metrics, detection_metrics
 from lumbar_lightning.models.predictors import CanalBoxPredictor, PatchPredictor, build_kwargs, three_channels
 
@@ -235,6 +235,7 @@ class PatchClassifier(StageModule):
             self.hparams.flip_tta,
             self.hparams.series_reference,
             self.temperature,
+            class_names=self.class_names,
         )
         view.training = self.training
         return view
@@ -339,10 +340,13 @@ class GradeClassifier(PatchClassifier):
     mass far from the label is pushed back first.
     """
 
-    class_names = GRADES
-
-    def __init__(self, *args: Any, ordinal_weight: float = 0.0, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, ordinal_weight: float = 0.0, classes: list[str] | None = None, **kwargs: Any
+    ) -> None:
+        # the grades in order of severity: the run's scheme (grading=) unless given; saved with the weights
+        self.class_names = tuple(classes) if classes else grades()
         super().__init__(*args, **kwargs)
+        self.hparams["classes"] = list(self.class_names)
         self.ordinal_weight = float(ordinal_weight)
 
     def loss(

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lumbar_lightning.data.labels import GRADES, LEVEL_INDEX
+from lumbar_lightning.data.grading import active
+from lumbar_lightning.data.labels import LEVEL_INDEX, grades
 from lumbar_lightning.layout import RunLayout
 
 if TYPE_CHECKING:
@@ -112,11 +113,13 @@ def log_pipeline_run(
         import wandb
 
         rater = metrics["rater"]
-        run.log(flat_scalars({k: metrics[k] for k in ("detector", "rootlet", "grade")}))
+        run.log(flat_scalars({k: metrics[k] for k in ("detector", "rootlet", "grade") if k in metrics}))
         for task, column, classes in (
             ("rootlet", "level", list(LEVEL_INDEX)),
-            ("grade", "grade", list(GRADES)),
+            ("grade", "grade", list(grades())),
         ):
+            if task not in metrics:
+                continue
             pred_col = "pred_level" if task == "rootlet" else "pred_grade"
             rows = predictions[(predictions[f"{column}_{rater}"] != "") & (predictions[pred_col] != "")]
             if len(rows):
@@ -146,8 +149,8 @@ def log_summary_run(cfg: DictConfig, root: Path, summary: dict[str, Any]) -> Non
             "kappa_quadratic",
             "ttest_p",
             "gross_errors",
-            "recall_C",
-            "recall_D",
+            *(f"recall_{g}" for g in active().severe),
+            *(["weighted_log_loss"] if active().weights else []),
         ]
         for task in ("rootlet", "grade"):
             rows = [
@@ -161,8 +164,8 @@ def log_summary_run(cfg: DictConfig, root: Path, summary: dict[str, Any]) -> Non
                     r["kappa_quadratic"],
                     r["ttest"]["p"],
                     r.get("gross_errors"),
-                    r.get("recall_per_class", {}).get("C"),
-                    r.get("recall_per_class", {}).get("D"),
+                    *(r.get("recall_per_class", {}).get(g) for g in active().severe),
+                    *([r.get("weighted_log_loss")] if active().weights else []),
                 ]
                 for pair, r in summary[task].items()
             ]

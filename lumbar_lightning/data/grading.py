@@ -1,0 +1,114 @@
+"""Grade schemes: which stenosis grades a data set's labels use, in order of severity, and how each is weighted.
+
+``grading=schizas`` (the default: Schizas A-D, as in the study) or ``grading=rsna`` (the RSNA 2024 challenge's
+Normal/Mild, Moderate, Severe, scored with sample weights 1/2/4). The scheme is part of the run's config; every
+entry point activates it once (``activate``), and the labels' validation, the grader's outputs, every statistic,
+report, figure and W&B table read its classes from ``active()``, so one run never mixes two schemes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+
+class GradingScheme:
+    """The grade classes in order of severity (the ordinal loss and "two grades apart" use that order), the
+    classes whose recall the reports headline (``severe``), and optional class weights (``weights``: the
+    weighted log loss is then reported beside accuracy, F1 and kappa).
+
+    A plain class, not a dataclass: Hydra builds it (``_target_``) and would turn a dataclass into a config.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        classes: Sequence[str],
+        severe: Sequence[str] | None = None,
+        weights: Sequence[float] | None = None,
+    ) -> None:
+        self.name, self.classes = str(name), tuple(str(c) for c in classes)
+        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+            raise ValueError(
+                f"grading {name!r}: classes must be two or more distinct names, got {self.classes}"
+            )
+        self.severe = tuple(str(c) for c in severe) if severe is not None else self.classes[-2:]
+        if unknown := [c for c in self.severe if c not in self.classes]:
+            raise ValueError(f"grading {name!r}: severe classes {unknown} are not among {self.classes}")
+        self.weights = tuple(float(w) for w in weights) if weights is not None else None
+        if self.weights is not None and len(self.weights) != len(self.classes):
+            raise ValueError(f"grading {name!r}: {len(self.weights)} weights for {len(self.classes)} classes")
+
+    @property
+    def index(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.classes)}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "classes": list(self.classes),
+            "severe": list(self.severe),
+            "weights": self.weights,
+        }
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GradingScheme) and self.as_dict() == other.as_dict()
+
+    def __repr__(self) -> str:
+        return f"GradingScheme({self.name!r}, {list(self.classes)})"
+
+
+SCHIZAS = GradingScheme("schizas", ("A", "B", "C", "D"), severe=("C", "D"))
+_active: list[GradingScheme] = [SCHIZAS]
+
+
+def active() -> GradingScheme:
+    """The scheme of the run in progress (Schizas until a run activates another)."""
+    return _active[-1]
+
+
+def activate(scheme: GradingScheme | dict[str, Any] | None) -> GradingScheme:
+    """Make ``scheme`` (a scheme, or its config node with or without ``_target_``) the run's scheme."""
+    if scheme is None:
+        return active()
+    if not isinstance(scheme, GradingScheme):
+        values = {k: v for k, v in dict(scheme).items() if k != "_target_"}
+        scheme = GradingScheme(**values)
+    _active[-1] = scheme
+    return scheme
+
+
+def activate_from(cfg: Any) -> GradingScheme:
+    """Activate the scheme of a composed config (its ``grading`` node; none: Schizas)."""
+    from omegaconf import OmegaConf
+
+    node = cfg.get("grading") if hasattr(cfg, "get") else None
+    if node is None:
+        return activate(SCHIZAS)
+    return activate(OmegaConf.to_container(node, resolve=True))
+
+
+def preset(name: str) -> GradingScheme:
+    """A shipped scheme by name (``conf/grading/<name>.yaml``), as ``grading=<name>`` composes it."""
+    from omegaconf import OmegaConf
+
+    from lumbar_lightning.conf import CONF_DIR
+
+    path = Path(CONF_DIR) / "grading" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ValueError(f"no grading scheme {name!r} (known: {', '.join(known)})")
+    values = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    return GradingScheme(**{k: v for k, v in values.items() if k != "_target_"})  # type: ignore[union-attr]
+
+
+@contextlib.contextmanager
+def grading(scheme: GradingScheme) -> Iterator[GradingScheme]:
+    """Use ``scheme`` inside the block only (tests, and a library user mixing data sets in one process)."""
+    _active.append(scheme)
+    try:
+        yield scheme
+    finally:
+        _active.pop()
