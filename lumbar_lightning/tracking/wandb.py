@@ -153,6 +153,8 @@ def log_summary_run(cfg: DictConfig, root: Path, summary: dict[str, Any]) -> Non
             *(["weighted_log_loss"] if active().weights else []),
         ]
         for task in ("rootlet", "grade"):
+            if not summary[task]:
+                continue  # a stage the run did not have (stages=[detector, grade])
             rows = [
                 [
                     pair,
