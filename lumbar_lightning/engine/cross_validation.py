@@ -153,17 +153,18 @@ def cross_validate(cfg: DictConfig, root: Path) -> dict[str, Any]:
             for future in as_completed(futures):
                 for rater, fold, metrics in future.result():
                     log.info(f"fold {fold} rater {rater}: {fold_line(metrics)}")
-    atomic_write_text(
-        run.timing,
-        json.dumps(
-            {
-                "seconds": time.perf_counter() - start,
-                "jobs": len(jobs),
-                "runs": sum(len(j) for j in jobs),
-                "workers": workers,
-            }
-        ),
-    )
+    if jobs or not run.timing.exists():  # a rerun with nothing left to train keeps the training run's timing
+        atomic_write_text(
+            run.timing,
+            json.dumps(
+                {
+                    "seconds": time.perf_counter() - start,
+                    "jobs": len(jobs),
+                    "runs": sum(len(j) for j in jobs),
+                    "workers": workers,
+                }
+            ),
+        )
     summary = write_cv_report(
         root,
         seed=cfg.seed,

@@ -64,7 +64,9 @@ def fold_line(metrics: dict) -> str:
     det = metrics["detector"]
     grade = metrics["grade"]["chained"]
     level = (
-        f"rootlet/cord {100 * metrics['rootlet']['chained']['accuracy']:.1f}%, " if "rootlet" in metrics else ""
+        f"rootlet/cord {100 * metrics['rootlet']['chained']['accuracy']:.1f}%, "
+        if "rootlet" in metrics
+        else ""
     )  # a run with stages=[detector, grade] has no level call
     return (
         f"detection rate {100 * det.get('test/acc', float('nan')):.1f}% (IoU {det.get('test/iou', float('nan')):.2f}), "

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lumbar_lightning.data.grading import SCHIZAS, active
 from lumbar_lightning.evaluation.study import PAPER
 from lumbar_lightning.io import atomic_write_text
 from lumbar_lightning.layout import RunLayout
@@ -23,6 +24,8 @@ def results_block(run_dir: Path) -> str:
     summary = json.loads(RunLayout(run_dir).summary.read_text())
     lines = [BEGIN, "", f"Recorded from `{run_dir.name}` ({summary['images']} test images).", ""]
     for task in ("rootlet", "grade"):
+        if not summary[task]:
+            continue  # a stage the run did not have
         lines += [
             f"**{task}**",
             "",
@@ -30,7 +33,7 @@ def results_block(run_dir: Path) -> str:
             "|---|---|---|---|---|---|---|",
         ]
         for pair, row in summary[task].items():
-            paper = PAPER.get(task, {}).get(pair, ("", ""))
+            paper = PAPER.get(task, {}).get(pair, ("", "")) if active() == SCHIZAS else ("", "")
             lines.append(
                 f"| {pair} | {row['n']} | {100 * row['accuracy']:.1f} | {100 * row['f1_macro']:.1f} | "
                 f"{row['kappa']:.3f} | {paper[0]} | {paper[1]} |"

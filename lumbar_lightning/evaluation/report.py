@@ -164,7 +164,7 @@ def render_report(summary: dict[str, Any], title: str = "lumbar-lightning cross-
         ]
         for pair, row in summary[task].items():
             lo, hi = row.get("accuracy_ci95", [np.nan, np.nan])
-            paper = summary["paper"].get(task, {}).get(pair)
+            paper = summary["paper"].get(task, {}).get(pair) if active() == SCHIZAS else None
             lines.append(
                 f"| {pair} | {row['n']} | {_pct(row['accuracy'])} ({_pct(lo)}-{_pct(hi)}) | {_pct(row['f1_macro'])} | "
                 f"{row['kappa']:.3f} | {row.get('kappa_quadratic', float('nan')):.3f} | {row['ttest']['p']:.3g} | "
