@@ -21,6 +21,7 @@ from lumbar_lightning.data.consensus import ConsensusModel
 from lumbar_lightning.data.dataset import LumbarDataset
 from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.data.folds import SPLITS, StratifiedPatientFolds
+from lumbar_lightning.data.grading import active
 from lumbar_lightning.data.labels import BOX_COLUMNS, CONSENSUS, LEVEL_INDEX, grades
 from lumbar_lightning.data.series import canal_brightness, reference_slices
 from lumbar_lightning.data.transforms import PatchGeometry, scale_boxes
@@ -380,7 +381,7 @@ class PatchDataModule(LumbarDataModule):
     def targets(self, rows: pd.DataFrame) -> np.ndarray:
         if self.task == "rootlet":
             return rows["level"].map(LEVEL_INDEX).to_numpy(dtype=np.int64)
-        return rows["grade"].map({g: i for i, g in enumerate(grades())}).to_numpy(dtype=np.int64)
+        return rows["grade"].map(active().index).to_numpy(dtype=np.int64)
 
     def soft_targets(self, rows: pd.DataFrame) -> np.ndarray | None:
         """Each class's share of the raters' votes, where the rows are a consensus (``LabelTable.consensus``)."""

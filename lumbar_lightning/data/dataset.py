@@ -175,7 +175,7 @@ class LumbarDataset:
         The stratum is the most severe call any rater made (cord only if every rater said cord), so folds are
         the same for every rater and Classifier1 and Classifier2 are tested on the same patients.
         """
-        rank = {"": -1, **{g: i for i, g in enumerate(grades())}}
+        rank = {"": -1, **active().index}
         rows = self.labels.rows
         per_image = rows.assign(_rank=rows["grade"].map(rank), _rootlet=rows["level"] == "rootlet").groupby(
             "sop_instance_uid"

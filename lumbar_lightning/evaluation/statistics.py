@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from lumbar_lightning.data.labels import grades
+from lumbar_lightning.data.grading import active
 
 
 def ordinal_codes(labels: Sequence[str]) -> np.ndarray:
     """Ordinal codes for the paired t-test: the active scheme's grades 0, 1, ... (A=0..D=3); cord 0, rootlet 1."""
-    ordinal = {**{g: i for i, g in enumerate(grades())}, "cord": 0, "rootlet": 1}
+    ordinal = {**active().index, "cord": 0, "rootlet": 1}
     try:
         return np.array([ordinal[str(x)] for x in labels], dtype=float)
     except KeyError as exc:
