@@ -35,19 +35,30 @@ def _config(run_dir: Path) -> dict:
 
 # ---------------------------------------------------------------------------------------------------------- data_dir=
 def test_train_takes_data_dir(tiny_phantom: Path, tmp_path: Path) -> None:
+    """lumbar-train end to end under fast_dev_run, on the fold asked for: the fold's test patients, each image
+    once, and both patch stages' chained agreement in the metrics."""
     run = tmp_path / "train"
     _run(
         "lumbar-train",
         f"data_dir={tiny_phantom}",
         "debug=fdr",
+        "data.fold=1",
         "logger=none",
         f"hydra.run.dir={run}",
         *TINY_CV,
     )
     assert _config(run)["data"]["data_dir"] == str(tiny_phantom)
-    preds = pd.read_csv(run / "A1" / "fold_0" / "predictions.csv", keep_default_na=False)
+    out = run / "A1" / "fold_1"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["fold"] == 1 and metrics["rater"] == "A1"
+    for stage in ("rootlet", "grade"):
+        assert 0.0 <= metrics[stage]["chained"]["accuracy"] <= 1.0
+    folds = pd.read_csv(out / "folds.csv")
+    preds = pd.read_csv(out / "predictions.csv", keep_default_na=False)
     truth = pd.read_csv(tiny_phantom / "truth.csv")
     assert set(preds["sop_instance_uid"]) <= set(truth["sop_instance_uid"]) and len(preds) > 0
+    assert set(preds["patient"]) == set(folds.loc[folds["part"] == 1, "patient"])
+    assert preds["sop_instance_uid"].is_unique
 
 
 def test_synth_takes_data_dir(tmp_path: Path) -> None:
