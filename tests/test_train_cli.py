@@ -4,12 +4,16 @@ is ``test_entry_points.test_train_takes_data_dir``, run as the user spells it)."
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import torch
+
+from lumbar_lightning.inference.box_choice import SeriesBoxChoice
+from lumbar_lightning.inference.ensemble import load_fold_pipeline
 
 TINY = [
     "data.num_folds=4",
@@ -55,6 +59,14 @@ def test_short_run_writes_checkpoints_predictions_and_metrics(tiny_phantom: Path
         for name in ("best.ckpt", "last.ckpt"):
             ckpt = torch.load(out / "checkpoints" / stage / name, map_location="cpu", weights_only=True)
             assert "state_dict" in ckpt
+    # the fold's box choice is plain data in pipeline.json, rebuilt as configured; a spec from before it: top box
+    spec = json.loads((out / "pipeline.json").read_text())
+    assert spec["box_choice"] == {"sigma_mm": 8.0, "window": 3, "min_score": 0.5}
+    assert load_fold_pipeline(out).box_choice == SeriesBoxChoice()
+    older = tmp_path / "older"
+    shutil.copytree(out, older)
+    (older / "pipeline.json").write_text(json.dumps({k: v for k, v in spec.items() if k != "box_choice"}))
+    assert load_fold_pipeline(older).box_choice is None
     metrics = json.loads((out / "metrics.json").read_text())
     grade = metrics["grade"]
     assert {"gt_box", "chained", "chained_balanced"} <= set(grade)

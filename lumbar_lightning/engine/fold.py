@@ -27,6 +27,7 @@ from lumbar_lightning.data.transforms import PatchGeometry
 from lumbar_lightning.engine.detector_sharing import detector_rater
 from lumbar_lightning.evaluation.calibration import calibration_report
 from lumbar_lightning.evaluation.chained import chained_metrics
+from lumbar_lightning.inference.box_choice import SeriesBoxChoice
 from lumbar_lightning.inference.labelled import baseline_grades, predict_test_images
 from lumbar_lightning.inference.pipeline import Pipeline, load_stage_weights
 from lumbar_lightning.io import atomic_write, atomic_write_text
@@ -350,7 +351,8 @@ def run_fold(
     grader: GradeClassifier = modules["grade"]  # type: ignore[assignment]
     patch_stages = [s for s in modules if s != "detector"]  # rootlet, grade and the baseline if enabled
     geometry = {stage: stage_geometry(cfg, stage) for stage in patch_stages}
-    write_pipeline_spec(out_dir, cfg, {s: modules[s] for s in STAGES if s in modules}, geometry)
+    box_choice = detector_box_choice(cfg)
+    write_pipeline_spec(out_dir, cfg, {s: modules[s] for s in STAGES if s in modules}, geometry, box_choice)
 
     metrics: dict[str, Any] = {"fold": fold, "rater": rater}
     box_rater = detector_rater(cfg, rater)
@@ -377,6 +379,7 @@ def run_fold(
         geometry.get("rootlet", geometry["grade"]),
         batch_size=cfg.data.eval_batch_size,
         grade_patch=geometry["grade"],
+        box_choice=box_choice,
     )
     predictions = predict_test_images(pipeline, dataset, det_dm.rows["test"]["patient"].unique(), fold, rater)
     if "baseline" in modules:
@@ -400,14 +403,26 @@ def run_fold(
     return metrics
 
 
+def detector_box_choice(cfg: DictConfig) -> SeriesBoxChoice | None:
+    """Which candidate box each slice keeps (``model.detector.box_choice``, built by Hydra); None: the top one."""
+    node = cfg.model.detector.get("box_choice")
+    return None if node is None else hydra.utils.instantiate(node)
+
+
 def write_pipeline_spec(
-    out_dir: Path, cfg: DictConfig, modules: dict[str, StageModule], geometry: dict[str, PatchGeometry]
+    out_dir: Path,
+    cfg: DictConfig,
+    modules: dict[str, StageModule],
+    geometry: dict[str, PatchGeometry],
+    box_choice: SeriesBoxChoice | None = None,
 ) -> None:
     """What ``lumbar-predict`` needs besides the checkpoints, as plain data (nothing in it is ever executed):
-    each stage's class and hyperparameters, the patch geometry, and the whole run config as plain YAML."""
+    each stage's class and hyperparameters, the patch geometry, the box choice, and the whole run config as
+    plain YAML."""
     spec = {
         "stages": {s: {"class": type(m).__name__, "hparams": dict(m.hparams)} for s, m in modules.items()},
         "geometry": {s: dataclasses.asdict(g) for s, g in geometry.items()},
+        "box_choice": None if box_choice is None else box_choice.as_dict(),
         "batch_size": int(cfg.data.eval_batch_size),
         "rater": str(cfg.data.rater),
         "fold": int(cfg.data.fold),

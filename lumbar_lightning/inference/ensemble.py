@@ -18,6 +18,7 @@ from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.data.grading import SCHIZAS
 from lumbar_lightning.data.labels import LEVEL_CLASSES
 from lumbar_lightning.data.transforms import PatchGeometry
+from lumbar_lightning.inference.box_choice import SeriesBoxChoice
 from lumbar_lightning.inference.pipeline import Pipeline, Prediction, load_stage_weights
 from lumbar_lightning.layout import FoldLayout, RunLayout
 from lumbar_lightning.models.predictors import CanalBoxPredictor, PatchPredictor, build_kwargs
@@ -93,6 +94,9 @@ def load_fold_pipeline(fold_dir: Path, device: str = "cpu", batch_size: int | No
         batch_size=batch_size or spec["batch_size"],
         device=device,
         grade_patch=geometry["grade"],
+        box_choice=SeriesBoxChoice(**spec["box_choice"])
+        if spec.get("box_choice")
+        else None,  # older runs: top box
     )
 
 

@@ -45,7 +45,10 @@ def predict_test_images(
     pixels = [dataset.image(uid) for uid in uids]
     spacing = images.loc[uids, "pixel_spacing_col"].astype(float).tolist()
     series = images.loc[uids, "series_instance_uid"].to_numpy()
-    chained = pd.DataFrame([p.as_row() for p in pipeline.predict(pixels, pixel_mm=spacing, series=series)])
+    position = images.loc[uids, "slice_position"].astype(float).to_numpy()  # slice order, for the box choice
+    chained = pd.DataFrame(
+        [p.as_row() for p in pipeline.predict(pixels, pixel_mm=spacing, series=series, position=position)]
+    )
     frame = pd.concat([frame, chained], axis=1)
     if not gt_boxes:
         return frame

@@ -14,6 +14,7 @@ from lumbar_lightning.data.grading import SCHIZAS
 from lumbar_lightning.data.labels import LEVEL_INDEX
 from lumbar_lightning.data.series import canal_brightness, reference_slices
 from lumbar_lightning.data.transforms import PatchGeometry, resize_image, scale_boxes
+from lumbar_lightning.inference.box_choice import SeriesBoxChoice
 from lumbar_lightning.models.predictors import CanalBoxPredictor, PatchPredictor
 
 
@@ -90,6 +91,8 @@ class Pipeline:
     Without a rootlet classifier (``stages=[detector, grade]``: a data set with no level labels) every slice is
     read at rootlet level and graded.
 
+    ``box_choice``: which of the detector's candidates a slice keeps (``SeriesBoxChoice``); None keeps the top box.
+
     Images go in as full-size normalised arrays (the ingestion cache's format); everything runs in batches.
     The stages are plain-torch predictors (a trained LightningModule's ``predictor``, or one rebuilt from a
     checkpoint by ``load_fold_pipeline``), so serving a run imports no Lightning.
@@ -104,6 +107,7 @@ class Pipeline:
         batch_size: int = 64,
         device: str | torch.device = "cpu",
         grade_patch: PatchGeometry | None = None,
+        box_choice: SeriesBoxChoice | None = None,
     ) -> None:
         self.detector = detector.eval().to(device)
         self.rootlet = rootlet.eval().to(device) if rootlet is not None else None
@@ -112,10 +116,19 @@ class Pipeline:
         self.grade_patch = grade_patch or patch  # the grader may look at its own patch size
         self.batch_size = batch_size
         self.device = torch.device(device)
+        self.box_choice = box_choice
 
     @torch.no_grad()
-    def detect(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Top canal box per image (stored-image pixels) and its score."""
+    def detect(
+        self,
+        images: Sequence[np.ndarray],
+        pixel_mm: Sequence[float] | None = None,
+        series: Sequence[Any] | None = None,
+        position: Sequence[float] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A canal box per image (stored-image pixels) and its score: the top one, or ``box_choice``'s."""
+        if self.box_choice is not None:
+            return self._chosen_boxes(images, pixel_mm, series, position)
         size = self.detector.image_size
         boxes, scores = [], []
         for start in range(0, len(images), self.batch_size):
@@ -127,6 +140,36 @@ class Pipeline:
                 boxes.append(scale_boxes(box, (size, size), im.shape[:2]))
             scores.append(s.cpu().numpy())
         return np.stack(boxes), np.concatenate(scores)
+
+    def _chosen_boxes(
+        self,
+        images: Sequence[np.ndarray],
+        pixel_mm: Sequence[float] | None,
+        series: Sequence[Any] | None,
+        position: Sequence[float] | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        assert self.box_choice is not None
+        size = self.detector.image_size
+        boxes, scores = [], []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            inputs = [torch.from_numpy(resize_image(im, size))[None].to(self.device) for im in chunk]
+            for im, out in zip(chunk, self.detector.candidates(inputs), strict=True):
+                boxes.append(
+                    scale_boxes(out["boxes"].cpu().numpy().reshape(-1, 4), (size, size), im.shape[:2])
+                )
+                scores.append(out["scores"].cpu())
+        centres = [(b[:, :2] + b[:, 2:]) / 2 for b in boxes]
+        keep = self.box_choice.choose([s.numpy() for s in scores], centres, series, position, pixel_mm)
+        centred = self.detector.centred_box().numpy()
+        kept_boxes = [
+            b[k] if k >= 0 else scale_boxes(centred, (size, size), im.shape[:2])
+            for im, b, k in zip(images, boxes, keep, strict=True)
+        ]
+        kept_scores = torch.stack(
+            [s[k] if k >= 0 else torch.tensor(0.0) for s, k in zip(scores, keep, strict=True)]
+        )
+        return np.stack(kept_boxes), self.detector.calibrated(kept_scores).numpy()
 
     @torch.no_grad()
     def classify(
@@ -189,17 +232,19 @@ class Pipeline:
         boxes: np.ndarray | None = None,
         pixel_mm: Sequence[float] | None = None,
         series: Sequence[Any] | None = None,
+        position: Sequence[float] | None = None,
     ) -> list[Prediction]:
         """Chained predictions; pass ``boxes`` to classify given boxes instead of detected ones.
 
-        ``pixel_mm`` (the images' pixel spacing) is needed when patches are cut at a fixed size in millimetres;
-        ``series`` (a series id per image) when the images come from several series and the grader uses a
-        series reference.
+        ``pixel_mm`` (the images' pixel spacing) is needed when patches are cut at a fixed size in millimetres
+        and for the series box choice; ``series`` (a series id per image) when the images come from several
+        series (the grader's series reference, the box choice); ``position`` orders each series' slices for
+        the box choice (default: as given).
         """
         if not len(images):
             return []
         if boxes is None:
-            boxes, scores = self.detect(images)
+            boxes, scores = self.detect(images, pixel_mm, series, position)
         else:
             scores = np.ones(len(images), dtype=np.float32)
         out = self.classify(images, np.asarray(boxes, dtype=np.float32), pixel_mm, series)

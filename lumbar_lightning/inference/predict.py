@@ -167,7 +167,11 @@ def predict(cfg: DictConfig, out: Path) -> pd.DataFrame:
         ):
             start = time.perf_counter()
             pixels = [cache.get(uid) for uid in study["sop_instance_uid"]]
-            preds = model.predict(pixels, pixel_mm=study["pixel_spacing_col"].astype(float).tolist())
+            preds = model.predict(
+                pixels,
+                pixel_mm=study["pixel_spacing_col"].astype(float).tolist(),
+                position=study["slice_position"].astype(float).to_numpy(),
+            )
             timings.append((len(pixels), time.perf_counter() - start))
             frame = pd.DataFrame([p.as_row() for p in preds])
             frame.insert(0, "patient", patient)

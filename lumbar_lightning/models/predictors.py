@@ -59,26 +59,38 @@ class CanalBoxPredictor(nn.Module):
         return self.net(three_channels(images))
 
     @torch.no_grad()
-    def top_box(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The best-scoring box per image (detector-input pixels) and its score; a centred box if none."""
+    def candidates(self, images: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Every box the detector keeps per image (detector-input pixels) with its raw score, in eval mode."""
         was_training = self.net.training
         self.net.eval()
         outputs = self(images)
         self.net.train(was_training)
+        return [{"boxes": out["boxes"], "scores": out["scores"]} for out in outputs]
+
+    def centred_box(self) -> torch.Tensor:
+        """What a slice without any candidate gets: a box in the middle of the image, scored 0."""
+        s = float(self.image_size)
+        return torch.tensor([0.4 * s, 0.4 * s, 0.6 * s, 0.6 * s])
+
+    def calibrated(self, scores: torch.Tensor) -> torch.Tensor:
+        """Raw box scores as P(canal found), through the fitted temperature (skipped at 1: bit for bit)."""
+        if float(self.temperature) != 1.0:
+            return torch.sigmoid(torch.logit(scores, eps=1e-6) / self.temperature)
+        return scores
+
+    @torch.no_grad()
+    def top_box(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The best-scoring box per image (detector-input pixels) and its score; a centred box if none."""
         boxes, scores = [], []
-        for out in outputs:
+        for out in self.candidates(images):
             if len(out["boxes"]):
                 i = int(torch.argmax(out["scores"]))
                 boxes.append(out["boxes"][i])
                 scores.append(out["scores"][i])
             else:
-                s = float(self.image_size)
-                boxes.append(torch.tensor([0.4 * s, 0.4 * s, 0.6 * s, 0.6 * s]))
+                boxes.append(self.centred_box())
                 scores.append(torch.tensor(0.0))
-        scores_t = torch.stack(scores)
-        if float(self.temperature) != 1.0:  # skipped at 1: the raw score, bit for bit
-            scores_t = torch.sigmoid(torch.logit(scores_t, eps=1e-6) / self.temperature)
-        return torch.stack(boxes), scores_t
+        return torch.stack(boxes), self.calibrated(torch.stack(scores))
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int = 0) -> dict[str, Any]:
         boxes, scores = self.top_box(batch["image"])

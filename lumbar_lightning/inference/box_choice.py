@@ -1,0 +1,78 @@
+"""Which of the detector's candidate boxes a slice keeps: the one that fits its series, not only the top score.
+
+The canal moves little from one axial slice to the next, while the detector's commonest confident mistake is a
+bright structure a few centimetres away (the disc nucleus of a severe level, where the canal itself is small and
+dark). ``SeriesBoxChoice`` anchors each slice on the median centre of its neighbours' confident top boxes and keeps
+the candidate with the best score once its distance to that anchor is paid for. Measured on three cohorts in
+``experiments/cohorts/README.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SeriesBoxChoice:
+    """Keep, per slice, the candidate maximising ``log(score) - d^2 / (2 sigma_mm^2)``.
+
+    ``d``: the distance (mm, from the pixel spacing) of the candidate's centre to the median centre of the top
+    boxes of the slice's neighbours within ``window`` slices of its series that score at least ``min_score``.
+    A slice without such a neighbour, or without a pixel spacing, keeps its top box.
+    """
+
+    sigma_mm: float = 8.0
+    window: int = 3
+    min_score: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.sigma_mm <= 0 or self.window < 1 or not 0.0 <= self.min_score <= 1.0:
+            raise ValueError(
+                f"box_choice: sigma_mm must be > 0, window >= 1 and min_score in [0, 1]; got {self}"
+            )
+
+    def as_dict(self) -> dict[str, float]:
+        """Plain data for ``pipeline.json``: ``lumbar-predict`` rebuilds the same choice from it."""
+        return dataclasses.asdict(self)
+
+    def choose(
+        self,
+        scores: Sequence[np.ndarray],
+        centres: Sequence[np.ndarray],
+        series: Sequence[object] | None = None,
+        position: Sequence[float] | None = None,
+        pixel_mm: Sequence[float | None] | None = None,
+    ) -> np.ndarray:
+        """The index of the kept candidate per image (-1 where it has none).
+
+        ``scores[i]`` and ``centres[i]`` (shape ``(n_i, 2)``, stored-image pixels) are image ``i``'s candidates;
+        ``series`` groups the images (default: one series), ``position`` orders them within it (default: as
+        given).
+        """
+        n = len(scores)
+        top = np.array([int(np.argmax(s)) if len(s) else -1 for s in scores])
+        top_score = np.array([float(np.max(s)) if len(s) else 0.0 for s in scores])
+        groups = np.zeros(n) if series is None else np.asarray(series)
+        where = np.arange(n, dtype=float) if position is None else np.asarray(position, dtype=float)
+        spacing = [None] * n if pixel_mm is None else list(pixel_mm)
+        chosen = top.copy()
+        for group in np.unique(groups):
+            members = np.flatnonzero(groups == group)
+            ordered = members[np.argsort(where[members], kind="stable")]
+            for k, i in enumerate(ordered):
+                mm = spacing[i]
+                if top[i] < 0 or mm is None or not np.isfinite(mm):
+                    continue
+                near = ordered[max(0, k - self.window) : k + self.window + 1]
+                near = [j for j in near if j != i and top[j] >= 0 and top_score[j] >= self.min_score]
+                if not near:
+                    continue
+                anchor = np.median([centres[j][top[j]] for j in near], axis=0)
+                d_mm = np.linalg.norm(np.asarray(centres[i]) - anchor, axis=1) * float(mm)
+                fit = np.log(np.clip(scores[i], 1e-6, 1.0)) - d_mm**2 / (2 * self.sigma_mm**2)
+                chosen[i] = int(np.argmax(fit))
+        return chosen
