@@ -86,6 +86,8 @@ def load_fold_pipeline(fold_dir: Path, device: str = "cpu", batch_size: int | No
             raise DataContractError(str(exc)) from None
         modules[stage] = module
     geometry = {s: PatchGeometry(**g) for s, g in spec["geometry"].items()}
+    choice = spec.get("box_choice")  # runs recorded before the series box choice keep the top box
+    box_choice = SeriesBoxChoice(**choice) if choice else None
     return Pipeline(
         modules["detector"],
         modules.get("rootlet"),  # type: ignore[arg-type]
@@ -94,9 +96,7 @@ def load_fold_pipeline(fold_dir: Path, device: str = "cpu", batch_size: int | No
         batch_size=batch_size or spec["batch_size"],
         device=device,
         grade_patch=geometry["grade"],
-        box_choice=SeriesBoxChoice(**spec["box_choice"])
-        if spec.get("box_choice")
-        else None,  # older runs: top box
+        box_choice=box_choice,
     )
 
 

@@ -126,31 +126,10 @@ class Pipeline:
         series: Sequence[Any] | None = None,
         position: Sequence[float] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """A canal box per image (stored-image pixels) and its score: the top one, or ``box_choice``'s."""
-        if self.box_choice is not None:
-            return self._chosen_boxes(images, pixel_mm, series, position)
+        """A canal box per image (stored-image pixels) and its calibrated score: the top-scoring candidate, or
+        the one ``box_choice`` keeps; a centred box scored 0 where the detector has none."""
         size = self.detector.image_size
-        boxes, scores = [], []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            inputs = [torch.from_numpy(resize_image(im, size))[None].to(self.device) for im in chunk]
-            top = self.detector.predict_step({"image": inputs})
-            b, s = top["boxes"], top["scores"]
-            for im, box in zip(chunk, b.cpu().numpy(), strict=True):
-                boxes.append(scale_boxes(box, (size, size), im.shape[:2]))
-            scores.append(s.cpu().numpy())
-        return np.stack(boxes), np.concatenate(scores)
-
-    def _chosen_boxes(
-        self,
-        images: Sequence[np.ndarray],
-        pixel_mm: Sequence[float] | None,
-        series: Sequence[Any] | None,
-        position: Sequence[float] | None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        assert self.box_choice is not None
-        size = self.detector.image_size
-        boxes, scores = [], []
+        boxes, scores = [], []  # every candidate of every image, in stored-image pixels, with its raw score
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
             inputs = [torch.from_numpy(resize_image(im, size))[None].to(self.device) for im in chunk]
@@ -159,8 +138,11 @@ class Pipeline:
                     scale_boxes(out["boxes"].cpu().numpy().reshape(-1, 4), (size, size), im.shape[:2])
                 )
                 scores.append(out["scores"].cpu())
-        centres = [(b[:, :2] + b[:, 2:]) / 2 for b in boxes]
-        keep = self.box_choice.choose([s.numpy() for s in scores], centres, series, position, pixel_mm)
+        if self.box_choice is None:
+            keep = np.array([int(torch.argmax(s)) if len(s) else -1 for s in scores])
+        else:
+            centres = [(b[:, :2] + b[:, 2:]) / 2 for b in boxes]
+            keep = self.box_choice.choose([s.numpy() for s in scores], centres, series, position, pixel_mm)
         centred = self.detector.centred_box().numpy()
         kept_boxes = [
             b[k] if k >= 0 else scale_boxes(centred, (size, size), im.shape[:2])
