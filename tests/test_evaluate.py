@@ -72,3 +72,78 @@ def test_a_folder_without_trained_folds_is_refused(other_cohort: Path, tmp_path:
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "no trained fold" in result.stderr
+
+
+def _own_folds(tiny_run: Path, out: Path, *overrides: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "lumbar_lightning.cli.evaluate",
+        f"run_dir={tiny_run}",
+        "folds=own",
+        "logger=none",
+        f"hydra.run.dir={out}",
+        *overrides,
+    ]
+
+
+def test_own_folds_read_as_recorded_give_the_run_itself(tiny_run: Path, tmp_path: Path) -> None:
+    """Read again with nothing changed, each fold grades its own test patients exactly as its training run did:
+    the checkpoints, pipeline.json and the run's data set are all it takes."""
+    from hydra import compose, initialize_config_dir
+
+    from lumbar_lightning.conf import CONF_DIR
+    from lumbar_lightning.evaluation.own_folds import evaluate_own_folds
+
+    recorded = (tiny_run / "A1" / "fold_0" / "predictions.csv").read_text()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=[f"run_dir={tiny_run}", "folds=own", "logger=none"])
+    summary = evaluate_own_folds(cfg, tmp_path / "again")
+    again = tmp_path / "again" / "A1" / "fold_0"
+    pd.testing.assert_frame_equal(
+        pd.read_csv(again / "predictions.csv", keep_default_na=False),
+        pd.read_csv(tiny_run / "A1" / "fold_0" / "predictions.csv", keep_default_na=False),
+    )
+    before = json.loads((tiny_run / "A1" / "fold_0" / "metrics.json").read_text())
+    after = json.loads((again / "metrics.json").read_text())
+    assert after["grade"]["chained"] == before["grade"]["chained"]
+    assert after["detector"] == before["detector"]  # training-side entries are the run's own
+    assert summary["read_again"]["serve"] == {"flip_tta": None, "box_choice": None}
+    assert (
+        tiny_run / "A1" / "fold_0" / "predictions.csv"
+    ).read_text() == recorded  # the run is never written
+
+
+def test_own_folds_read_with_the_mirror_and_the_top_box(tiny_run: Path, tmp_path: Path) -> None:
+    from lumbar_lightning.evaluation.chained import chained_metrics
+    from lumbar_lightning.inference.ensemble import load_fold_pipeline
+
+    out = tmp_path / "mirror"
+    cmd = _own_folds(tiny_run, out, "serve.flip_tta=true", "serve.box_choice=false")
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    fold = tiny_run / "A1" / "fold_0"
+    recorded = pd.read_csv(fold / "predictions.csv", keep_default_na=False)
+    mirror = pd.read_csv(out / "A1" / "fold_0" / "predictions.csv", keep_default_na=False)
+    assert list(mirror["sop_instance_uid"]) == list(recorded["sop_instance_uid"])  # the same test images
+    probs = [c for c in recorded if c.startswith("p_") and not c.endswith("_balanced")]
+    assert (mirror[probs] - recorded[probs]).abs().to_numpy().max() > 1e-3  # a trained net is not mirror-even
+    # What the command wrote is what the fold's pipeline read that way gives.
+    pipeline = load_fold_pipeline(fold, serve={"flip_tta": True, "box_choice": False})
+    assert pipeline.grade.flip_tta and pipeline.rootlet.flip_tta and pipeline.box_choice is None
+    metrics = json.loads((out / "A1" / "fold_0" / "metrics.json").read_text())
+    assert metrics["grade"]["chained"]["accuracy"] == pytest.approx(
+        chained_metrics(mirror, "A1")[1]["accuracy"]
+    )
+    summary = json.loads((out / "cv_summary.json").read_text())
+    assert summary["read_again"]["serve"] == {"flip_tta": True, "box_choice": False}
+    assert "read again" in (out / "report.md").read_text()
+
+
+def test_unknown_serving_settings_are_refused() -> None:
+    from lumbar_lightning.data.errors import DataContractError
+    from lumbar_lightning.inference.ensemble import Serving
+
+    with pytest.raises(DataContractError, match=r"unknown setting\(s\) \['flip'\]"):
+        Serving.of({"flip": True})
+    assert Serving.of({"box_choice": {"sigma_mm": 4}}).box_choice == {"sigma_mm": 4}

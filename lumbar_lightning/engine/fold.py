@@ -26,7 +26,7 @@ from lumbar_lightning.data.grading import activate_from
 from lumbar_lightning.data.transforms import PatchGeometry
 from lumbar_lightning.engine.detector_sharing import detector_rater
 from lumbar_lightning.evaluation.calibration import calibration_report
-from lumbar_lightning.evaluation.chained import chained_metrics
+from lumbar_lightning.evaluation.chained import record_chained
 from lumbar_lightning.inference.box_choice import SeriesBoxChoice
 from lumbar_lightning.inference.labelled import baseline_grades, predict_test_images
 from lumbar_lightning.inference.pipeline import Pipeline, load_stage_weights
@@ -392,10 +392,7 @@ def run_fold(
             cfg.data.eval_batch_size,
         )
     atomic_write_text(layout.predictions, predictions.to_csv(index=False))
-    level_metrics, metrics["grade"]["chained"] = chained_metrics(predictions, rater)
-    if rootlet is not None:
-        metrics["rootlet"]["chained"] = level_metrics
-    metrics["grade"]["chained_balanced"] = chained_metrics(predictions, rater, balanced=True)[1]
+    record_chained(metrics, predictions, rater)
     metrics["seconds"] = round(time.perf_counter() - start, 1)
     metrics["environment"] = fingerprint()  # what the numbers depend on (make reproduce compares it)
     log_pipeline_run(cfg, f"{rater}-pipeline-fold{fold}", tracking_dir, metrics, predictions)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
 from lumbar_lightning.data.labels import LEVEL_INDEX, grades
@@ -21,3 +23,13 @@ def chained_metrics(predictions: pd.DataFrame, rater: str, balanced: bool = Fals
     grade = agreement(graded[grade_col], graded[pred_grade], grades())
     grade["coverage"] = float(len(graded) / max(1, (labelled[grade_col] != "").sum()))
     return rootlet, grade
+
+
+def record_chained(metrics: dict[str, Any], predictions: pd.DataFrame, rater: str) -> dict[str, Any]:
+    """Write a fold's chained entries into its ``metrics`` (``rootlet.chained`` where the run has the level stage,
+    ``grade.chained`` and ``grade.chained_balanced``): after its training, and when it is read again."""
+    level, metrics["grade"]["chained"] = chained_metrics(predictions, rater)
+    if "rootlet" in metrics:
+        metrics["rootlet"]["chained"] = level
+    metrics["grade"]["chained_balanced"] = chained_metrics(predictions, rater, balanced=True)[1]
+    return metrics

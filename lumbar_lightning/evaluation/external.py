@@ -24,7 +24,7 @@ from lumbar_lightning.data.datamodules import load_dataset
 from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.data.labels import BOX_COLUMNS, CONSENSUS
 from lumbar_lightning.evaluation.report import write_cv_report
-from lumbar_lightning.inference.ensemble import Ensemble, fold_dirs, load_fold_pipeline
+from lumbar_lightning.inference.ensemble import Ensemble, Serving, fold_dirs, load_fold_pipeline
 from lumbar_lightning.inference.labelled import predict_test_images
 from lumbar_lightning.io import atomic_write_text
 from lumbar_lightning.layout import RunLayout
@@ -59,10 +59,13 @@ def evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
         )
     dataset = load_dataset(cfg.data_dir, cfg.data.get("cache_dir"), cfg.data.pseudonym_salt)
     patients = dataset.images["patient"].unique()
+    serve = Serving.of(cfg.get("serve"))  # read as the run recorded unless serve.* says otherwise
     detections = {}
     for rater in raters:
         folds = fold_dirs(run_dir, rater, None)
-        ensemble = Ensemble([load_fold_pipeline(d, "cpu", int(cfg.data.eval_batch_size)) for d in folds])
+        ensemble = Ensemble(
+            [load_fold_pipeline(d, "cpu", int(cfg.data.eval_batch_size), serve=serve) for d in folds]
+        )
         log.info(f"classifier of {rater}: an ensemble of {len(folds)} fold(s) on {len(patients)} patient(s)")
         gt_boxes = rater in dataset.labels.raters  # the gt-box path needs this rater's boxes in the data set
         predictions = predict_test_images(ensemble, dataset, patients, EXTERNAL_FOLD, rater, gt_boxes)  # type: ignore[arg-type]
@@ -84,7 +87,12 @@ def evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
         title=f"lumbar-lightning external validation: {Path(cfg.data_dir).name}",
         extra={
             "detection": detections,
-            "external": {"run_dir": str(run_dir), "data_dir": str(cfg.data_dir), "raters": raters},
+            "external": {
+                "run_dir": str(run_dir),
+                "data_dir": str(cfg.data_dir),
+                "raters": raters,
+                "serve": serve.as_dict(),
+            },
         },
         appendix="\n".join(lines) + "\n",
     )

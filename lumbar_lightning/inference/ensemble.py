@@ -51,8 +51,11 @@ def fold_dirs(run_dir: Path, rater: str, fold: int | None) -> list[Path]:
     return dirs
 
 
-def load_fold_pipeline(fold_dir: Path, device: str = "cpu", batch_size: int | None = None) -> Pipeline:
-    """The three stages of one trained fold, from ``pipeline.json`` and the best checkpoints."""
+def load_fold_pipeline(
+    fold_dir: Path, device: str = "cpu", batch_size: int | None = None, serve: Any = None
+) -> Pipeline:
+    """The three stages of one trained fold, from ``pipeline.json`` and the best checkpoints; ``serve``
+    (``Serving``'s keys) reads them otherwise than the run recorded."""
     layout = FoldLayout(fold_dir)
     spec = json.loads(layout.pipeline.read_text())
     modules: dict[str, CanalBoxPredictor | PatchPredictor] = {}
@@ -88,7 +91,7 @@ def load_fold_pipeline(fold_dir: Path, device: str = "cpu", batch_size: int | No
     geometry = {s: PatchGeometry(**g) for s, g in spec["geometry"].items()}
     choice = spec.get("box_choice")  # runs recorded before the series box choice keep the top box
     box_choice = SeriesBoxChoice(**choice) if choice else None
-    return Pipeline(
+    pipeline = Pipeline(
         modules["detector"],
         modules.get("rootlet"),  # type: ignore[arg-type]
         modules["grade"],  # type: ignore[arg-type]
@@ -98,6 +101,49 @@ def load_fold_pipeline(fold_dir: Path, device: str = "cpu", batch_size: int | No
         grade_patch=geometry["grade"],
         box_choice=box_choice,
     )
+    return Serving.of(serve).apply(pipeline)
+
+
+@dataclass(frozen=True)
+class Serving:
+    """How a trained fold is read, where it should differ from what its run recorded (None: as recorded).
+
+    Both settings change only how trained weights are read, so a finished run can be measured with them without
+    training again (``lumbar-evaluate folds=own``): ``flip_tta`` for the rootlet and grade stages (each patch with
+    its mirror image), ``box_choice`` False for the detector's top box, True for ``SeriesBoxChoice()``, or a
+    mapping of ``SeriesBoxChoice``'s fields.
+    """
+
+    flip_tta: bool | None = None
+    box_choice: bool | dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, node: Any) -> Serving:
+        """From a config node or mapping (``serve:`` in ``evaluate.yaml``); None or empty: as recorded."""
+        if isinstance(node, Serving):
+            return node
+        values = {k: v for k, v in dict(node or {}).items() if v is not None}
+        if unknown := sorted(set(values) - {"flip_tta", "box_choice"}):
+            raise DataContractError(f"serve: unknown setting(s) {unknown}; known: flip_tta, box_choice")
+        choice = values.get("box_choice")
+        if choice is not None and not isinstance(choice, bool):
+            choice = {k: v for k, v in dict(choice).items() if k != "_target_"}
+        return cls(values.get("flip_tta"), choice)
+
+    def apply(self, pipeline: Pipeline) -> Pipeline:
+        if self.flip_tta is not None:
+            for stage in (pipeline.rootlet, pipeline.grade):
+                if stage is not None:
+                    stage.flip_tta = bool(self.flip_tta)
+        if self.box_choice is not None:
+            if isinstance(self.box_choice, bool):
+                pipeline.box_choice = SeriesBoxChoice() if self.box_choice else None
+            else:
+                pipeline.box_choice = SeriesBoxChoice(**self.box_choice)
+        return pipeline
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"flip_tta": self.flip_tta, "box_choice": self.box_choice}
 
 
 def _predictor(stage: str, hparams: dict[str, Any]) -> CanalBoxPredictor | PatchPredictor:
