@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.trainer.states import TrainerFn, TrainerStatus
 from torch import nn
 
 from lumbar_lightning.data.datamodules import PatchDataModule, SliceDataModule
@@ -235,6 +237,20 @@ def test_flip_tta_averages_a_patch_and_its_mirror_in_eval_only() -> None:
     np.testing.assert_allclose(tta(x).numpy(), [[0, 0, 0, 1], [0, 0, 0, 1]], atol=1e-7)
     tta.train()  # training sees the patch as sampled (its augmentation flips at random)
     np.testing.assert_allclose(tta(x)[:, 0].numpy(), [1.0, -0.5])
+    tta.eval()
+    # The validation inside fit (it picks the checkpoint and steers the LR) reads the patch alone, so the option
+    # never changes what is trained; a validate, test or predict after fit reads both.
+    tta._trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING, status=TrainerStatus.RUNNING))
+    np.testing.assert_allclose(tta(x)[:, 0].numpy(), [1.0, -0.5])
+    after_fit = [
+        (TrainerFn.FITTING, TrainerStatus.FINISHED)
+    ]  # the fit's trainer, still attached once it ended
+    after_fit += [
+        (fn, TrainerStatus.RUNNING) for fn in (TrainerFn.VALIDATING, TrainerFn.TESTING, TrainerFn.PREDICTING)
+    ]
+    for fn, status in after_fit:
+        tta._trainer = SimpleNamespace(state=SimpleNamespace(fn=fn, status=status))
+        np.testing.assert_allclose(tta(x).numpy(), [[0, 0, 0, 1], [0, 0, 0, 1]], atol=1e-7)
 
 
 def test_checkpoint_of_another_config_fails_clearly(tmp_path: Path) -> None:

@@ -133,7 +133,8 @@ class PatchPredictor(nn.Module):
 
     ``binary``: one logit (rootlet vs cord, class 1 at positive logits); else one logit per class.
     ``prior_correction``: add the training split's log prior back at inference (balanced sampling trains a
-    uniform prior). ``flip_tta``: in eval mode, the mean logits of the patch and its mirror image.
+    uniform prior). ``flip_tta``: in eval mode, the mean logits of the patch and its mirror image (the
+    LightningModule turns it off inside ``fit``).
     ``temperature``: the final log-probabilities are divided by it (temperature scaling, fitted on a fold's
     validation split after training; 1 until then). It never changes which class wins.
     """

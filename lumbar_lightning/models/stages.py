@@ -226,13 +226,18 @@ class PatchClassifier(StageModule):
     @property
     def predictor(self) -> PatchPredictor:
         """This module's network and prior as the plain-torch classifier inference serves (a view: no copy, not
-        a child, so the checkpoint's keys stay ``net.*`` and ``log_prior``)."""
+        a child, so the checkpoint's keys stay ``net.*`` and ``log_prior``).
+
+        ``flip_tta`` reads a patch with its mirror image wherever the trained model is read (test, calibration,
+        the pipeline, ``lumbar-predict``), never in the validation that runs inside ``fit``: that validation
+        picks the checkpoint and steers the learning rate, so turning the option on leaves training unchanged.
+        """
         view = PatchPredictor(
             self.net,
             self.log_prior,
             self.num_outputs == 1,
             self.hparams.prior_correction,
-            self.hparams.flip_tta,
+            bool(self.hparams.flip_tta) and not self._fitting(),
             self.hparams.series_reference,
             self.temperature,
             class_names=self.class_names,
@@ -240,8 +245,14 @@ class PatchClassifier(StageModule):
         view.training = self.training
         return view
 
+    def _fitting(self) -> bool:
+        """Whether a ``Trainer.fit`` is running this module now (its validation included; not once it ended)."""
+        trainer = self._trainer
+        return trainer is not None and trainer.state.fn == "fit" and trainer.state.status == "running"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (``PatchPredictor.forward``: with ``flip_tta``, averaged with the mirror image in eval mode)."""
+        """Logits (``PatchPredictor.forward``: with ``flip_tta``, averaged with the mirror image in eval mode,
+        outside ``fit``)."""
         return self.predictor(x)
 
     def loss(
