@@ -267,3 +267,19 @@ def test_reproduce_names_the_changed_environment_and_fails_outside_the_spread(
     assert result.returncode == 1, log[-3000:]
     assert "the environment differs from the reference's in: packages/numpy" in log
     assert "grade/chained/accuracy" in log and "1 difference(s)" in log
+
+
+def test_the_spread_reads_each_seed_of_a_multi_seed_run(tmp_path: Path) -> None:
+    """``spread=`` takes ``seed_<s>/`` folders of a ``seeds=[...]`` run, which hold no Hydra config of their own:
+    the seed comes from the config each fold saved, else from Hydra's."""
+    from lumbar_lightning.engine.reproduce import run_seed
+
+    fold = tmp_path / "seeds" / "seed_3" / "A1" / "fold_0"
+    fold.mkdir(parents=True)
+    (fold / "config.yaml").write_text("seed: 3\n")
+    hydra_only = tmp_path / "run" / ".hydra"
+    hydra_only.mkdir(parents=True)
+    (hydra_only / "config.yaml").write_text("seed: 7\n")
+    assert run_seed(tmp_path / "seeds" / "seed_3") == 3
+    assert run_seed(tmp_path / "run") == 7
+    assert run_seed(tmp_path / "nothing") is None

@@ -133,9 +133,15 @@ def record_reference(run_dir: Path, reference: Path) -> int:
     return len(folds)
 
 
-def _run_seed(run_dir: Path) -> int | None:
-    config = RunLayout(run_dir).hydra_config
-    return int(OmegaConf.load(config).seed) if config.is_file() else None
+def run_seed(run_dir: Path) -> int | None:
+    """The seed a run trained with: from the config its folds saved, so that one seed's folder of a
+    ``seeds=[...]`` run (which has no Hydra config of its own) is read alike; else Hydra's, else None."""
+    layout = RunLayout(run_dir)
+    saved = [f.config for f in layout.folds() if f.config.is_file()]
+    for config in (*saved[:1], layout.hydra_config):
+        if config.is_file():
+            return int(OmegaConf.load(config).seed)
+    return None
 
 
 def record_spread(run_dirs: list[Path], reference: Path) -> dict[str, Any]:
@@ -156,7 +162,7 @@ def record_spread(run_dirs: list[Path], reference: Path) -> dict[str, Any]:
             if all(_number(r.get(path)) for r in per_run)
         }
     spread = {
-        "seeds": [_run_seed(d) for d in run_dirs],
+        "seeds": [run_seed(d) for d in run_dirs],
         "folds": [f"{r}/fold_{k}" for r, k in shared if values.get(r)],
         "values": values,
     }
