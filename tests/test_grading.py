@@ -58,3 +58,35 @@ def test_grading_config_groups_compose_and_activate() -> None:
     finally:
         activate_from({})
     assert active() == SCHIZAS
+
+
+def test_reading_apps_take_each_runs_own_scheme(tmp_path: Path) -> None:
+    """``lumbar-compare`` and ``lumbar-record`` grade a finished run in the scheme it trained in (the config its
+    folds saved, which a seed's folder of a ``seeds=[...]`` run also holds), whatever ``grading=`` says on their
+    own command line, and refuse to read two runs of different schemes together."""
+    from omegaconf import OmegaConf
+
+    from lumbar_lightning.data.errors import DataContractError
+    from lumbar_lightning.data.grading import activate_runs, run_scheme
+    from tests.conftest import tiny_cv_config
+
+    def run(name: str, cfg) -> Path:
+        fold = tmp_path / name / "A1" / "fold_0"
+        fold.mkdir(parents=True)
+        OmegaConf.save(cfg, fold / "config.yaml")
+        return fold.parents[1]
+
+    rsna_run, schizas_run = run("rsna", tiny_cv_config("grading=rsna")), run("schizas", tiny_cv_config())
+    old_run = run("before_schemes", OmegaConf.create({"seed": 0}))  # saved before grading schemes existed
+    try:
+        assert run_scheme(rsna_run) == RSNA and run_scheme(schizas_run) == SCHIZAS
+        assert run_scheme(old_run) == SCHIZAS and run_scheme(tmp_path / "empty") is None
+        assert activate_runs(rsna_run, fallback=tiny_cv_config()) == RSNA and active() == RSNA
+        assert activate_runs(tmp_path / "empty", fallback=tiny_cv_config("grading=rsna")) == RSNA
+        assert activate_runs(schizas_run, tmp_path / "empty") == SCHIZAS
+        with pytest.raises(
+            DataContractError, match=r"different schemes.*rsna \(rsna: .*schizas \(schizas: A/B/C/D\)"
+        ):
+            activate_runs(rsna_run, schizas_run)
+    finally:
+        activate_from({})

@@ -8,10 +8,12 @@ import hydra
 from omegaconf import DictConfig
 
 from lumbar_lightning.cli import CONF_PATH, exit_on_contract_error, log, output_dir
+from lumbar_lightning.data.grading import activate_runs
 from lumbar_lightning.evaluation.compare import write_comparison
 
 
 def compare(cfg: DictConfig) -> dict:
+    activate_runs(cfg.run_a, cfg.run_b, fallback=cfg)  # the runs' own scheme, whatever grading= says here
     out = Path(cfg.out_dir) if cfg.get("out_dir") else output_dir()
     result = write_comparison(cfg.run_a, cfg.run_b, out, seed=cfg.seed)
     for task in ("rootlet", "grade"):

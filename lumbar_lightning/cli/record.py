@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lumbar_lightning.cli import CONF_PATH, log
-from lumbar_lightning.data.grading import activate_from
+from lumbar_lightning.data.grading import activate_runs
 from lumbar_lightning.evaluation.record import record
-from lumbar_lightning.layout import RunLayout
 
 
 @hydra.main(config_path=CONF_PATH, config_name="record", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    config = RunLayout(cfg.run_dir).hydra_config  # the run's own grading scheme, whatever grading= says here
-    activate_from(OmegaConf.load(config) if config.is_file() else cfg)
+    activate_runs(cfg.run_dir, fallback=cfg)  # the run's own grading scheme, whatever grading= says here
     record(cfg.run_dir, cfg.readme, cfg.get("reference"))
     log.info(f"recorded {cfg.run_dir} in {cfg.readme}")
 

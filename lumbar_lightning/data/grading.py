@@ -13,6 +13,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from lumbar_lightning.data.errors import DataContractError
+
 
 class GradingScheme:
     """The grade classes in order of severity (the ordinal loss and "two grades apart" use that order), the
@@ -88,6 +90,40 @@ def activate_from(cfg: Any) -> GradingScheme:
     if node is None:
         return activate(SCHIZAS)
     return activate(OmegaConf.to_container(node, resolve=True))
+
+
+def run_scheme(run_dir: Path | str) -> GradingScheme | None:
+    """The scheme a finished run graded in, from the config it saved (``RunLayout.trained_config``; a config
+    without a ``grading`` node: Schizas); None when the run saved no config."""
+    from omegaconf import OmegaConf
+
+    from lumbar_lightning.layout import RunLayout
+
+    config = RunLayout(run_dir).trained_config
+    if not config.is_file():
+        return None
+    node = OmegaConf.load(config).get("grading")
+    if node is None:
+        return SCHIZAS
+    values = OmegaConf.to_container(node, resolve=True)
+    return GradingScheme(**{k: v for k, v in values.items() if k != "_target_"})  # type: ignore[union-attr]
+
+
+def activate_runs(*run_dirs: Path | str, fallback: Any = None) -> GradingScheme:
+    """Activate the scheme the finished runs graded in, so that an app reading them (``lumbar-compare``,
+    ``lumbar-record``) grades them as they were trained, whatever ``grading=`` says on its own command line.
+    Runs graded in different schemes cannot be read together (a ``DataContractError`` naming each); runs that
+    saved no config take ``fallback``'s (a composed config)."""
+    found = {str(d): s for d in run_dirs if (s := run_scheme(d)) is not None}
+    schemes = list(found.values())
+    if any(s != schemes[0] for s in schemes):
+        raise DataContractError(
+            "runs graded in different schemes cannot be read together: "
+            + ", ".join(f"{d} ({s.name}: {'/'.join(s.classes)})" for d, s in found.items())
+        )
+    if schemes:
+        return activate(schemes[0])
+    return activate_from(fallback) if fallback is not None else activate(SCHIZAS)
 
 
 def preset(name: str) -> GradingScheme:

@@ -134,14 +134,10 @@ def record_reference(run_dir: Path, reference: Path) -> int:
 
 
 def run_seed(run_dir: Path) -> int | None:
-    """The seed a run trained with: from the config its folds saved, so that one seed's folder of a
-    ``seeds=[...]`` run (which has no Hydra config of its own) is read alike; else Hydra's, else None."""
-    layout = RunLayout(run_dir)
-    saved = [f.config for f in layout.folds() if f.config.is_file()]
-    for config in (*saved[:1], layout.hydra_config):
-        if config.is_file():
-            return int(OmegaConf.load(config).seed)
-    return None
+    """The seed a run trained with (``RunLayout.trained_config``: one seed's folder of a ``seeds=[...]`` run is
+    read alike); None when it saved no config."""
+    config = RunLayout(run_dir).trained_config
+    return int(OmegaConf.load(config).seed) if config.is_file() else None
 
 
 def record_spread(run_dirs: list[Path], reference: Path) -> dict[str, Any]:
