@@ -66,6 +66,11 @@ SCHIZAS = GradingScheme("schizas", ("A", "B", "C", "D"), severe=("C", "D"))
 _active: list[GradingScheme] = [SCHIZAS]
 
 
+def scheme_of_node(node: dict[str, Any]) -> GradingScheme:
+    """A scheme from its config node (``conf/grading/*.yaml`` as a dict, with or without ``_target_``)."""
+    return GradingScheme(**{k: v for k, v in dict(node).items() if k != "_target_"})
+
+
 def active() -> GradingScheme:
     """The scheme of the run in progress (Schizas until a run activates another)."""
     return _active[-1]
@@ -76,8 +81,7 @@ def activate(scheme: GradingScheme | dict[str, Any] | None) -> GradingScheme:
     if scheme is None:
         return active()
     if not isinstance(scheme, GradingScheme):
-        values = {k: v for k, v in dict(scheme).items() if k != "_target_"}
-        scheme = GradingScheme(**values)
+        scheme = scheme_of_node(scheme)
     _active[-1] = scheme
     return scheme
 
@@ -105,8 +109,7 @@ def run_scheme(run_dir: Path | str) -> GradingScheme | None:
     node = OmegaConf.load(config).get("grading")
     if node is None:
         return SCHIZAS
-    values = OmegaConf.to_container(node, resolve=True)
-    return GradingScheme(**{k: v for k, v in values.items() if k != "_target_"})  # type: ignore[union-attr]
+    return scheme_of_node(OmegaConf.to_container(node, resolve=True))  # type: ignore[arg-type]
 
 
 def activate_runs(*run_dirs: Path | str, fallback: Any = None) -> GradingScheme:
@@ -136,8 +139,7 @@ def preset(name: str) -> GradingScheme:
     if not path.is_file():
         known = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise ValueError(f"no grading scheme {name!r} (known: {', '.join(known)})")
-    values = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    return GradingScheme(**{k: v for k, v in values.items() if k != "_target_"})  # type: ignore[union-attr]
+    return scheme_of_node(OmegaConf.to_container(OmegaConf.load(path), resolve=True))  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager
