@@ -160,8 +160,8 @@ class RunLayout:
     def trained_config(self) -> Path:
         """The composed config the run's folds trained with: the first fold's ``config.yaml`` (one seed's folder of a
         ``seeds=[...]`` run has no Hydra config of its own), else Hydra's."""
-        saved = [f.config for f in self.folds() if f.config.is_file()]
-        return saved[0] if saved else self.hydra_config
+        saved = self.folds(having="config")
+        return saved[0].config if saved else self.hydra_config
 
     @property
     def hydra_overrides(self) -> Path:

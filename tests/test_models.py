@@ -242,9 +242,8 @@ def test_flip_tta_averages_a_patch_and_its_mirror_in_eval_only() -> None:
     # never changes what is trained; a validate, test or predict after fit reads both.
     tta._trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING, status=TrainerStatus.RUNNING))
     np.testing.assert_allclose(tta(x)[:, 0].numpy(), [1.0, -0.5])
-    after_fit = [
-        (TrainerFn.FITTING, TrainerStatus.FINISHED)
-    ]  # the fit's trainer, still attached once it ended
+    # the fit's trainer, still attached once it ended, then a validate, test or predict
+    after_fit = [(TrainerFn.FITTING, TrainerStatus.FINISHED)]
     after_fit += [
         (fn, TrainerStatus.RUNNING) for fn in (TrainerFn.VALIDATING, TrainerFn.TESTING, TrainerFn.PREDICTING)
     ]

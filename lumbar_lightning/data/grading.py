@@ -86,30 +86,30 @@ def activate(scheme: GradingScheme | dict[str, Any] | None) -> GradingScheme:
     return scheme
 
 
-def activate_from(cfg: Any) -> GradingScheme:
-    """Activate the scheme of a composed config (its ``grading`` node; none: Schizas)."""
+def scheme_of_config(cfg: Any) -> GradingScheme:
+    """The scheme a composed config names (its ``grading`` node; none: Schizas)."""
     from omegaconf import OmegaConf
 
     node = cfg.get("grading") if hasattr(cfg, "get") else None
     if node is None:
-        return activate(SCHIZAS)
-    return activate(OmegaConf.to_container(node, resolve=True))
+        return SCHIZAS
+    return scheme_of_node(OmegaConf.to_container(node, resolve=True))  # type: ignore[arg-type]
+
+
+def activate_from(cfg: Any) -> GradingScheme:
+    """Activate the scheme of a composed config (``scheme_of_config``)."""
+    return activate(scheme_of_config(cfg))
 
 
 def run_scheme(run_dir: Path | str) -> GradingScheme | None:
-    """The scheme a finished run graded in, from the config it saved (``RunLayout.trained_config``; a config
-    without a ``grading`` node: Schizas); None when the run saved no config."""
+    """The scheme a finished run graded in, from the config it saved (``RunLayout.trained_config``); None when
+    the run saved no config."""
     from omegaconf import OmegaConf
 
     from lumbar_lightning.layout import RunLayout
 
     config = RunLayout(run_dir).trained_config
-    if not config.is_file():
-        return None
-    node = OmegaConf.load(config).get("grading")
-    if node is None:
-        return SCHIZAS
-    return scheme_of_node(OmegaConf.to_container(node, resolve=True))  # type: ignore[arg-type]
+    return scheme_of_config(OmegaConf.load(config)) if config.is_file() else None
 
 
 def activate_runs(*run_dirs: Path | str, fallback: Any = None) -> GradingScheme:
