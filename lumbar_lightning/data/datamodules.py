@@ -355,8 +355,10 @@ class PatchDataModule(LumbarDataModule):
         self.series_reference = series_reference
 
     def select(self, rows: pd.DataFrame) -> pd.DataFrame:
+        assert self.dataset is not None
+        if self.geometry.field_mm:
+            self.require_pixel_spacing(rows)
         if self.series_reference:  # chosen among all the series' labelled slices, before the task's filter
-            assert self.dataset is not None
             own = np.stack(
                 [  # each slice cut at its own box, as evaluation sees it (cached for later folds)
                     self.dataset.patch(uid, tuple(box), self.geometry, 1.0)
@@ -377,6 +379,20 @@ class PatchDataModule(LumbarDataModule):
         if self.task == "grade":
             rows = rows[(rows["level"] == "rootlet") & (rows["grade"] != "")]
         return rows.reset_index(drop=True)
+
+    def require_pixel_spacing(self, rows: pd.DataFrame) -> None:
+        """A patch field in millimetres needs every image's PixelSpacing: say which files lack it before any
+        training starts, rather than failing at the first patch cut."""
+        assert self.dataset is not None
+        spacing = self.dataset.pixel_spacing.reindex(rows["sop_instance_uid"]).to_numpy(dtype=float)
+        bad = rows["sop_instance_uid"][~(np.isfinite(spacing) & (spacing > 0))]
+        if len(bad):
+            paths = self.dataset.images.set_index("sop_instance_uid").loc[bad, "path"].tolist()
+            raise DataContractError(
+                f"{paths[0]}: no usable PixelSpacing, and patch.field_mm={self.geometry.field_mm} cuts patches in "
+                f"millimetres ({len(paths)} image(s) in all, e.g. {paths[:3]}); give the images their "
+                "PixelSpacing or set the stage's patch.field_mm=null"
+            )
 
     def targets(self, rows: pd.DataFrame) -> np.ndarray:
         if self.task == "rootlet":
