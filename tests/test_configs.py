@@ -73,3 +73,6 @@ def test_each_classifier_can_have_its_own_patch_geometry() -> None:
     rootlet, grade = stage_geometry(cfg, "rootlet"), stage_geometry(cfg, "grade")
     assert rootlet.size == cfg.data.patch.size == 32 and grade.size == 40
     assert rootlet.margin == grade.margin == cfg.data.patch.margin
+    # Both patches are squares in millimetres in this preset; data.patch (the baseline's) stays box-relative.
+    assert grade.field_mm == rootlet.field_mm == 28
+    assert cfg.data.patch.field_mm is None and stage_geometry(cfg, "baseline").field_mm is None
