@@ -184,6 +184,34 @@ def test_a_checkpoint_from_another_model_config_is_refused_clearly(
     assert result.returncode == 2 and "only GradeClassifier is accepted" in result.stderr
 
 
+def test_a_millimetre_field_names_the_slices_without_pixel_spacing_before_grading(
+    prediction: dict, tiny_run: Path, tmp_path: Path
+) -> None:
+    """A fold whose patches are cut in millimetres (here set in its saved spec) refuses, before grading anything,
+    a study with a slice that has no PixelSpacing, and names that file; the box-relative run grades the same
+    slice."""
+    fold = tmp_path / "fold"
+    shutil.copytree(tiny_run / "A1" / "fold_0", fold)
+    source = tmp_path / "in"
+    shutil.copytree(prediction["source"] / "SE0003", source)
+    victim = sorted(source.iterdir())[2]
+    ds = pydicom.dcmread(victim)
+    del ds.PixelSpacing
+    ds.save_as(victim)
+    box_relative = _predict(f"run_dir={fold}", f"input={source}", f"hydra.run.dir={tmp_path / 'h0'}")
+    assert box_relative.returncode == 0, box_relative.stderr[-3000:]
+    spec = json.loads((fold / "pipeline.json").read_text())
+    spec["geometry"]["grade"]["field_mm"] = 20.0
+    (fold / "pipeline.json").write_text(json.dumps(spec))
+    out = tmp_path / "o"
+    result = _predict(
+        f"run_dir={fold}", f"input={source}", f"out_dir={out}", f"hydra.run.dir={tmp_path / 'h'}"
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{victim}: no usable PixelSpacing, and patch.field_mm=20 cuts patches" in result.stderr
+    assert (out / "series.csv").is_file() and not (out / "predictions.csv").exists()
+
+
 def test_nothing_readable_exits_non_zero_with_one_sentence(tiny_run: Path, tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.dcm").write_bytes(b"junk")

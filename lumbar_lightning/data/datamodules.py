@@ -24,7 +24,7 @@ from lumbar_lightning.data.folds import SPLITS, StratifiedPatientFolds
 from lumbar_lightning.data.grading import active
 from lumbar_lightning.data.labels import BOX_COLUMNS, CONSENSUS, LEVEL_INDEX, grades
 from lumbar_lightning.data.series import canal_brightness, reference_slices
-from lumbar_lightning.data.transforms import PatchGeometry, scale_boxes
+from lumbar_lightning.data.transforms import PatchGeometry, require_pixel_spacing, scale_boxes
 
 TASKS = ("rootlet", "grade")
 BOX = list(BOX_COLUMNS)
@@ -356,8 +356,9 @@ class PatchDataModule(LumbarDataModule):
 
     def select(self, rows: pd.DataFrame) -> pd.DataFrame:
         assert self.dataset is not None
-        if self.geometry.field_mm:
-            self.require_pixel_spacing(rows)
+        require_pixel_spacing(
+            [self.geometry], self.dataset.images.set_index("sop_instance_uid").loc[rows["sop_instance_uid"]]
+        )
         if self.series_reference:  # chosen among all the series' labelled slices, before the task's filter
             own = np.stack(
                 [  # each slice cut at its own box, as evaluation sees it (cached for later folds)
@@ -379,20 +380,6 @@ class PatchDataModule(LumbarDataModule):
         if self.task == "grade":
             rows = rows[(rows["level"] == "rootlet") & (rows["grade"] != "")]
         return rows.reset_index(drop=True)
-
-    def require_pixel_spacing(self, rows: pd.DataFrame) -> None:
-        """A patch field in millimetres needs every image's PixelSpacing: say which files lack it before any
-        training starts, rather than failing at the first patch cut."""
-        assert self.dataset is not None
-        spacing = self.dataset.pixel_spacing.reindex(rows["sop_instance_uid"]).to_numpy(dtype=float)
-        bad = rows["sop_instance_uid"][~(np.isfinite(spacing) & (spacing > 0))]
-        if len(bad):
-            paths = self.dataset.images.set_index("sop_instance_uid").loc[bad, "path"].tolist()
-            raise DataContractError(
-                f"{paths[0]}: no usable PixelSpacing, and patch.field_mm={self.geometry.field_mm} cuts patches in "
-                f"millimetres ({len(paths)} image(s) in all, e.g. {paths[:3]}); give the images their "
-                "PixelSpacing or set the stage's patch.field_mm=null"
-            )
 
     def targets(self, rows: pd.DataFrame) -> np.ndarray:
         if self.task == "rootlet":

@@ -5,10 +5,17 @@ Training and the ``Pipeline`` call the same functions, so a patch at test time i
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+
+from lumbar_lightning.data.errors import DataContractError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -74,6 +81,23 @@ class PatchGeometry:
 
     def center_crop(self, patch: np.ndarray) -> np.ndarray:
         return centre_crop(patch, self.size)
+
+
+def require_pixel_spacing(geometries: Iterable[PatchGeometry | None], images: pd.DataFrame) -> None:
+    """Patches cut in millimetres (``field_mm``) need each image's PixelSpacing. Training and serving both call
+    this before any work starts; it names the files (``images``: index rows, ``pixel_spacing_col`` and ``path``)
+    that lack a usable one, rather than failing at the first patch cut."""
+    fields = sorted({g.field_mm for g in geometries if g is not None and g.field_mm})
+    if not fields:
+        return
+    spacing = images["pixel_spacing_col"].to_numpy(dtype=float)
+    paths = images["path"].to_numpy()[~(np.isfinite(spacing) & (spacing > 0))].tolist()
+    if paths:
+        raise DataContractError(
+            f"{paths[0]}: no usable PixelSpacing, and patch.field_mm={', '.join(f'{f:g}' for f in fields)} cuts "
+            f"patches in millimetres ({len(paths)} image(s) in all, e.g. {paths[:3]}); give the images their "
+            "PixelSpacing or set the stage's patch.field_mm=null"
+        )
 
 
 def centre_crop(image: np.ndarray, size: int | None) -> np.ndarray:

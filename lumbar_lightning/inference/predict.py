@@ -28,6 +28,7 @@ from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.data.grading import active
 from lumbar_lightning.data.labels import grades
 from lumbar_lightning.data.series import select_series
+from lumbar_lightning.data.transforms import require_pixel_spacing
 from lumbar_lightning.inference.ensemble import Ensemble, fold_dirs, load_fold_pipeline
 from lumbar_lightning.io import atomic_write_text
 
@@ -151,6 +152,7 @@ def predict(cfg: DictConfig, out: Path) -> pd.DataFrame:
                 f"nothing to grade under {source}: {len(index.images)} readable image(s), "
                 f"{len(index.skipped)} file(s) skipped, no axial series"
             )
+        require_pixel_spacing([g for p in model.pipelines for g in (p.patch, p.grade_patch)], images)
         for d in decisions:
             if d.chosen:
                 log.info(
