@@ -54,3 +54,29 @@ def test_a_millimetre_field_names_the_images_without_pixel_spacing(tmp_path: Pat
     dm = module(None)  # box-relative patches never need it
     dm.setup()
     assert sum(len(s) for s in dm.sets.values()) == 8 * 4
+
+
+def test_reading_a_labelled_set_names_the_images_without_pixel_spacing_before_grading(tmp_path: Path) -> None:
+    """``predict_test_images`` (a fold's test set, ``lumbar-evaluate``) checks before the pipeline sees an image."""
+    from types import SimpleNamespace
+
+    from lumbar_lightning.data.datamodules import load_dataset
+    from lumbar_lightning.inference.labelled import predict_test_images
+
+    root = write_tiny_dataset(tmp_path / "ds", n_patients=8)
+    victim = sorted((root / "dicom").rglob("*.dcm"))[5]
+    ds = pydicom.dcmread(victim)
+    del ds.PixelSpacing
+    ds.save_as(victim)
+    dataset = load_dataset(str(root), None, "lumbar-lightning")
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the pipeline was called before the check")
+
+    pipeline = SimpleNamespace(
+        geometries=(PatchGeometry(16), PatchGeometry(16, field_mm=20.0)), predict=never
+    )
+    patients = dataset.images["patient"].unique()
+    with pytest.raises(DataContractError, match="field_mm=20 cuts patches") as err:
+        predict_test_images(pipeline, dataset, patients, 0, "A1")  # type: ignore[arg-type]
+    assert str(victim) in str(err.value)

@@ -166,6 +166,10 @@ class Ensemble:
 
     pipelines: list[Pipeline]
 
+    @property
+    def geometries(self) -> tuple[PatchGeometry, ...]:
+        return tuple(g for p in self.pipelines for g in p.geometries)
+
     def predict(self, images: list[np.ndarray], pixel_mm: list[float], **kwargs: Any) -> list[Prediction]:
         """``kwargs``: ``Pipeline.predict``'s ``boxes`` and ``series``, passed to every fold."""
         if len(self.pipelines) == 1:

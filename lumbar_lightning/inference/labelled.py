@@ -9,7 +9,7 @@ import torch
 from lumbar_lightning.data.datamodules import BOX
 from lumbar_lightning.data.dataset import LumbarDataset
 from lumbar_lightning.data.labels import CONSENSUS
-from lumbar_lightning.data.transforms import PatchGeometry
+from lumbar_lightning.data.transforms import PatchGeometry, require_pixel_spacing
 from lumbar_lightning.inference.pipeline import Pipeline
 from lumbar_lightning.models.stages import GradeClassifier
 
@@ -42,6 +42,7 @@ def predict_test_images(
             frame[f"{column}_{CONSENSUS}"] = frame["sop_instance_uid"].map(own_calls[column]).fillna("")
     vertebral = labels.drop_duplicates("sop_instance_uid").set_index("sop_instance_uid")["vertebral_level"]
     frame["vertebral_level"] = frame["sop_instance_uid"].map(vertebral).fillna("")
+    require_pixel_spacing(pipeline.geometries, images.loc[uids])  # before any image is graded
     pixels = [dataset.image(uid) for uid in uids]
     spacing = images.loc[uids, "pixel_spacing_col"].astype(float).tolist()
     series = images.loc[uids, "series_instance_uid"].to_numpy()

@@ -118,6 +118,11 @@ class Pipeline:
         self.device = torch.device(device)
         self.box_choice = box_choice
 
+    @property
+    def geometries(self) -> tuple[PatchGeometry, ...]:
+        """How its patches are cut (level, grade): what ``require_pixel_spacing`` checks an input against."""
+        return self.patch, self.grade_patch
+
     @torch.no_grad()
     def detect(
         self,

@@ -152,7 +152,7 @@ def predict(cfg: DictConfig, out: Path) -> pd.DataFrame:
                 f"nothing to grade under {source}: {len(index.images)} readable image(s), "
                 f"{len(index.skipped)} file(s) skipped, no axial series"
             )
-        require_pixel_spacing([g for p in model.pipelines for g in (p.patch, p.grade_patch)], images)
+        require_pixel_spacing(model.geometries, images)
         for d in decisions:
             if d.chosen:
                 log.info(
