@@ -20,6 +20,15 @@ def _disc(radius: float) -> np.ndarray:
     return ((xx - 100) ** 2 + (yy - 100) ** 2 <= radius**2).astype(np.float32)
 
 
+def _tiny_dataset_with_a_slice_without_pixel_spacing(tmp_path: Path) -> tuple[Path, Path]:
+    root = write_tiny_dataset(tmp_path / "ds", n_patients=8)
+    victim = sorted((root / "dicom").rglob("*.dcm"))[5]
+    ds = pydicom.dcmread(victim)
+    del ds.PixelSpacing
+    ds.save_as(victim)
+    return root, victim
+
+
 def test_a_millimetre_field_keeps_the_scale_whatever_the_box() -> None:
     image = _disc(20)
     # 40 mm at 0.5 mm a pixel is 80 px: the disc (40 px across) spans half the patch.
@@ -38,11 +47,7 @@ def test_a_millimetre_field_keeps_the_scale_whatever_the_box() -> None:
 
 
 def test_a_millimetre_field_names_the_images_without_pixel_spacing(tmp_path: Path) -> None:
-    root = write_tiny_dataset(tmp_path / "ds", n_patients=8)
-    victim = sorted((root / "dicom").rglob("*.dcm"))[5]
-    ds = pydicom.dcmread(victim)
-    del ds.PixelSpacing
-    ds.save_as(victim)
+    root, victim = _tiny_dataset_with_a_slice_without_pixel_spacing(tmp_path)
 
     def module(field_mm: float | None) -> PatchDataModule:
         geometry = PatchGeometry(16, field_mm=field_mm)
@@ -63,11 +68,7 @@ def test_reading_a_labelled_set_names_the_images_without_pixel_spacing_before_gr
     from lumbar_lightning.data.datamodules import load_dataset
     from lumbar_lightning.inference.labelled import predict_test_images
 
-    root = write_tiny_dataset(tmp_path / "ds", n_patients=8)
-    victim = sorted((root / "dicom").rglob("*.dcm"))[5]
-    ds = pydicom.dcmread(victim)
-    del ds.PixelSpacing
-    ds.save_as(victim)
+    root, victim = _tiny_dataset_with_a_slice_without_pixel_spacing(tmp_path)
     dataset = load_dataset(str(root), None, "lumbar-lightning")
 
     def never(*args: object, **kwargs: object) -> None:
