@@ -110,3 +110,40 @@ def test_dawid_skene_swapped_in_by_config_sets_the_consensus_targets(tiny_phanto
     votes = dataset.labels.consensus(VoteShares()).loc[got.index, shares].to_numpy()
     assert not np.allclose(got.to_numpy(), votes)  # the raters disagree somewhere, and EM weighs them
     assert (hard_calls(got.to_numpy()) == dm.targets(train)).all()
+
+
+def test_balanced_soft_weights_give_every_class_the_same_target_mass() -> None:
+    """One-hot rows get one over their class's count (the paper's weighting); split votes are raked until each
+    class weighs the same, where one-over-the-tie-break's-count would tilt the learnt prior to the common grade."""
+    from lumbar_lightning.data.datamodules import balanced_soft_weights
+
+    hard = np.eye(4)[[0] * 12 + [1] * 5 + [2] * 2 + [3]]
+    w = balanced_soft_weights(hard)
+    assert np.allclose(w / w.max(), 1.0 / hard.sum(axis=0)[hard.argmax(axis=1)] / (1.0 / hard.sum(axis=0)).max())
+    soft = np.vstack([hard, np.tile([0.5, 0.5, 0.0, 0.0], (6, 1)), [[0.0, 0.0, 0.5, 0.5]]])
+    w = balanced_soft_weights(soft)
+    assert (w > 0).all() and np.allclose(w @ soft, (w @ soft).mean(), rtol=1e-6)
+    tie_break = hard_calls(soft)  # the split votes go to B and D
+    old = 1.0 / np.bincount(tie_break, minlength=4)[tie_break]
+    mass = old @ soft
+    assert mass[0] > 1.15 * mass[1] and mass[2] > 1.1 * mass[3]  # what the old weighting learnt from
+    absent = np.eye(4)[[0] * 5 + [1] * 2]  # no C or D in this split: the present classes still balance
+    w = balanced_soft_weights(absent)
+    assert (w > 0).all() and np.allclose((w @ absent)[:2], (w @ absent)[0])
+
+
+def test_a_consensus_prior_is_the_vote_shares_not_the_tie_break(tiny_phantom: Path) -> None:
+    """The consensus grader's class counts (its prior at inference) are the summed vote shares of its training
+    split; a single rater's are plain counts."""
+    from lumbar_lightning.engine.fold import patch_datamodule
+    from tests.conftest import tiny_cv_config
+
+    cfg = tiny_cv_config(f"data.data_dir={tiny_phantom}")
+    dm = patch_datamodule(cfg, "grade", fold=0, rater="consensus")
+    dm.setup()
+    shares = dm.rows["train"][[f"grade_share_{g}" for g in "ABCD"]].to_numpy(dtype=float)
+    assert np.allclose(dm.class_counts("train"), shares.sum(axis=0))
+    assert not np.allclose(dm.class_counts("train"), np.bincount(dm.targets(dm.rows["train"]), minlength=4))
+    single = patch_datamodule(cfg, "grade", fold=0, rater="A1")
+    single.setup()
+    assert (single.class_counts("train") == np.bincount(single.targets(single.rows["train"]), minlength=4)).all()
