@@ -119,9 +119,7 @@ def test_balanced_soft_weights_give_every_class_the_same_target_mass() -> None:
 
     hard = np.eye(4)[[0] * 12 + [1] * 5 + [2] * 2 + [3]]
     w = balanced_soft_weights(hard)
-    assert np.allclose(
-        w / w.max(), 1.0 / hard.sum(axis=0)[hard.argmax(axis=1)] / (1.0 / hard.sum(axis=0)).max()
-    )
+    assert np.allclose(w / w.max(), 1.0 / hard.sum(axis=0)[hard.argmax(axis=1)] / (1.0 / hard.sum(axis=0)).max())
     soft = np.vstack([hard, np.tile([0.5, 0.5, 0.0, 0.0], (6, 1)), [[0.0, 0.0, 0.5, 0.5]]])
     w = balanced_soft_weights(soft)
     assert (w > 0).all() and np.allclose(w @ soft, (w @ soft).mean(), rtol=1e-6)
@@ -148,6 +146,4 @@ def test_a_consensus_prior_is_the_vote_shares_not_the_tie_break(tiny_phantom: Pa
     assert not np.allclose(dm.class_counts("train"), np.bincount(dm.targets(dm.rows["train"]), minlength=4))
     single = patch_datamodule(cfg, "grade", fold=0, rater="A1")
     single.setup()
-    assert (
-        single.class_counts("train") == np.bincount(single.targets(single.rows["train"]), minlength=4)
-    ).all()
+    assert (single.class_counts("train") == np.bincount(single.targets(single.rows["train"]), minlength=4)).all()
