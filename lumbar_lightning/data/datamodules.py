@@ -64,27 +64,6 @@ def fold_rows(
     return {name: labels[labels["patient"].isin(split[name])].reset_index(drop=True) for name in SPLITS}
 
 
-def balanced_soft_weights(soft: np.ndarray, iterations: int = 200, tolerance: float = 1e-9) -> np.ndarray:
-    """Per-row sampling weights under which every class present gets the same expected target mass.
-
-    With one-hot targets that is one over the class's count. With soft targets (a consensus's vote shares) that
-    weighting is not balanced: the split votes of a rare class's hard calls carry mass of the common class, so
-    the classifier would learn a tilted prior while inference adds back a prior that assumes a uniform one.
-    Raking (iterative proportional fitting, from the one-over-count start) corrects each row's weight by its
-    classes' deficits until every class weighs the same.
-    """
-    soft = np.asarray(soft, dtype=np.float64)
-    present = soft.sum(axis=0) > 0
-    s = soft[:, present]
-    weights = (s / s.sum(axis=0)).sum(axis=1)
-    for _ in range(iterations):
-        mass = weights @ s
-        if np.abs(mass / mass.mean() - 1.0).max() < tolerance:
-            break
-        weights = weights * (s @ (mass.mean() / mass))
-    return weights / weights.sum()
-
-
 class EpochSampler(torch.utils.data.Sampler):
     """Training order drawn from (seed, epoch) alone, yielding ``(index, epoch)`` so each item's augmentation is
     seeded by (seed, epoch, index) too. A run resumed at epoch k therefore sees exactly the samples and
@@ -454,22 +433,14 @@ class PatchDataModule(LumbarDataModule):
         )
 
     def class_counts(self, split: str = "train") -> np.ndarray:
-        """Each class's count in ``split``; for a consensus, its summed vote shares (an A/B split vote is half an
-        A and half a B), so the prior added back at inference is the raters' prevalence, not the tie-break's."""
-        soft = self.soft_targets(self.rows[split])
-        if soft is not None:
-            return soft.sum(axis=0)
         return np.bincount(self.targets(self.rows[split]), minlength=self.num_classes)
 
     def sampler(self, split: str) -> torch.utils.data.Sampler | None:
         targets = self.targets(self.rows[split])
-        soft = self.soft_targets(self.rows[split])
         if not self.balanced:
             if self.samples_per_epoch is None:
                 return super().sampler(split)
             weights = np.ones(len(targets))
-        elif soft is not None:
-            weights = balanced_soft_weights(soft)
         else:
             counts = np.bincount(targets, minlength=self.num_classes).astype(float)
             weights = 1.0 / counts[targets]
