@@ -110,3 +110,44 @@ def test_dawid_skene_swapped_in_by_config_sets_the_consensus_targets(tiny_phanto
     votes = dataset.labels.consensus(VoteShares()).loc[got.index, shares].to_numpy()
     assert not np.allclose(got.to_numpy(), votes)  # the raters disagree somewhere, and EM weighs them
     assert (hard_calls(got.to_numpy()) == dm.targets(train)).all()
+
+
+def test_a_consensus_checkpoint_follows_the_vote_share_its_call_gets(tiny_phantom: Path) -> None:
+    """Under a consensus the monitored value is ``val/vote_acc``: the mean share of the raters' votes that each
+    validation image's predicted grade gets (a split vote counts half whichever side is called), recomputed here
+    from the module's own predictions; the tracked best is that value, not the tie-break accuracy."""
+    import lightning as L
+    import torch
+
+    from lumbar_lightning.engine.fold import patch_datamodule
+    from lumbar_lightning.models.stages import GradeClassifier
+    from tests.conftest import tiny_cv_config
+
+    cfg = tiny_cv_config(f"data.data_dir={tiny_phantom}")
+    dm = patch_datamodule(cfg, "grade", fold=0, rater="consensus")
+    dm.setup()
+    L.seed_everything(0)
+    module = GradeClassifier(width=0.125, scheduler=False)
+    assert module.monitor == "val/acc"
+    module.select_by_votes()
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=dm)
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    module.eval()
+    shares, hits = [], []
+    with torch.no_grad():
+        for batch in dm.val_dataloader():
+            pred = module.class_log_probs(module(batch["image"])).argmax(-1)
+            shares.append(batch["soft_target"].gather(1, pred[:, None])[:, 0])
+            hits.append(pred == batch["target"])
+    vote_acc, acc = float(torch.cat(shares).mean()), float(torch.cat(hits).float().mean())
+    assert logged["val/vote_acc"] == pytest.approx(vote_acc, abs=1e-6)
+    assert logged["val/acc"] == pytest.approx(acc, abs=1e-6)
+    assert float(module.val_best.compute()) == pytest.approx(vote_acc, abs=1e-6)

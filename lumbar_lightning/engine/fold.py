@@ -368,6 +368,8 @@ def run_fold(
         dm = patch_datamodule(cfg, stage, fold, rater, module.hparams.series_reference)
         dm.setup()
         module.set_class_prior(dm.class_counts("train"))
+        if dm.soft_targets(dm.rows["val"]) is not None:
+            module.select_by_votes()
         metrics[stage] = {
             "gt_box": _fit_stage(cfg, stage, module, dm, out_dir, f"{rater}-{stage}-fold{fold}", tracking_dir)
         }

@@ -209,6 +209,8 @@ class PatchClassifier(StageModule):
         self.metrics = nn.ModuleDict(
             {f"{s}_m": metrics.clone(prefix=f"{s}/") for s in ("train", "val", "test")}
         )
+        # Under a consensus: the mean share of the raters' votes the prediction gets (``vote_acc``).
+        self.vote_agreement = nn.ModuleDict({f"{s}_m": MeanMetric() for s in ("val", "test")})
         # Training-label frequencies, for logit adjustment at inference (balanced sampling trains a uniform prior).
         self.register_buffer("log_prior", built.log_prior)
         self.register_buffer("temperature", built.temperature)  # fitted after training (engine/fold.py)
@@ -216,6 +218,12 @@ class PatchClassifier(StageModule):
     @property
     def num_outputs(self) -> int:
         return len(self.class_names)
+
+    def select_by_votes(self) -> None:
+        """Under a consensus, checkpointing and the LR schedule follow ``val/vote_acc`` (the mean of the
+        agreement with each rater) instead of the agreement with the tie-broken call, which counts a split vote
+        as right only when the more severe grade is predicted."""
+        self.monitor = "val/vote_acc"
 
     def set_class_prior(self, counts: np.ndarray) -> None:
         """Record the training split's class frequencies (saved in the checkpoint with the weights)."""
@@ -277,6 +285,8 @@ class PatchClassifier(StageModule):
         loss = self.loss(logits, target, batch.get("soft_target"))
         preds = self.class_log_probs(logits, adjust=False if split == "train" else None).argmax(-1)
         self.metrics[f"{split}_m"].update(preds, target)
+        if split != "train" and batch.get("soft_target") is not None:
+            self.vote_agreement[f"{split}_m"].update(batch["soft_target"].gather(1, preds[:, None])[:, 0])
         self.log(f"{split}/loss", loss, prog_bar=split == "train", batch_size=len(target))
         return loss
 
@@ -302,6 +312,9 @@ class PatchClassifier(StageModule):
         scalars = {f"{split}/acc": values[f"{split}/acc"], f"{split}/f1": values[f"{split}/f1"]}
         for name, f1 in zip(self.class_names, values[f"{split}/f1_per_class"], strict=True):
             scalars[f"{split}/f1_{name}"] = f1
+        votes = self.vote_agreement[f"{split}_m"] if split != "train" else None
+        if votes is not None and votes.update_called:
+            scalars[f"{split}/vote_acc"] = votes.compute()
         self.log_dict(scalars, prog_bar=split == "val")
         return scalars
 
@@ -310,9 +323,11 @@ class PatchClassifier(StageModule):
 
     def on_validation_epoch_start(self) -> None:
         self.metrics["val_m"].reset()
+        self.vote_agreement["val_m"].reset()
 
     def on_test_epoch_start(self) -> None:
         self.metrics["test_m"].reset()
+        self.vote_agreement["test_m"].reset()
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
@@ -321,7 +336,7 @@ class PatchClassifier(StageModule):
     def on_validation_epoch_end(self) -> None:
         metrics = self._epoch_end("val")
         if not self.trainer.sanity_checking:
-            self.track_best(metrics["val/acc"])
+            self.track_best(metrics[self.monitor])
 
     def on_test_epoch_end(self) -> None:
         self._epoch_end("test")
