@@ -117,6 +117,44 @@ def test_the_ordinal_loss_adds_the_expected_distance_in_grades() -> None:
     assert float(per_image[0] / per_image[1]) == pytest.approx(3.0, rel=0.05)
 
 
+def test_the_ranked_probability_score_is_ordinal_and_proper() -> None:
+    """``ordinal_loss=rps``: the squared gap of the cumulative distributions. A confident D called A costs what
+    the expected distance charges (3), a D called C one third of it; and unlike the expected distance it is
+    smallest at the labels' own distribution, not at a point mass on the likeliest grade."""
+    import torch
+
+    from lumbar_lightning.models.stages import GradeClassifier
+
+    plain = GradeClassifier(width=0.125)
+    rps = GradeClassifier(width=0.125, ordinal_weight=1.0, ordinal_loss="rps")
+    distance = GradeClassifier(width=0.125, ordinal_weight=1.0)
+    d = torch.tensor([3])
+    for logits, cost in (([30.0, 0, 0, 0], 3.0), ([0, 0, 30.0, 0], 1.0)):
+        x = torch.tensor([logits])
+        assert float(rps.loss(x, d) - plain.loss(x, d)) == pytest.approx(cost, abs=1e-6)
+        assert float(distance.loss(x, d) - plain.loss(x, d)) == pytest.approx(cost, abs=1e-6)
+    p = torch.tensor([0.5, 0.2, 0.2, 0.1])
+    gap = (p.cumsum(0) - torch.tensor([0.0, 1.0, 1.0, 1.0]))[:-1]  # against a B label
+    x = p.log()[None]
+    assert float(rps.loss(x, torch.tensor([1])) - plain.loss(x, torch.tensor([1]))) == pytest.approx(
+        float(gap.square().sum()), rel=1e-6
+    )
+
+    # Labels drawn 60% B / 40% C: the expected ordinal term alone over grade distributions
+    def expected(module: GradeClassifier, probs: list[float]) -> float:
+        x = torch.tensor([probs]).log()
+        return sum(
+            w * float(module.loss(x, torch.tensor([y])) - plain.loss(x, torch.tensor([y])))
+            for y, w in ((1, 0.6), (2, 0.4))
+        )
+
+    honest, sure = [1e-6, 0.6, 0.4, 1e-6], [1e-6, 1 - 2e-6, 1e-6, 1e-6]
+    assert expected(rps, honest) < expected(rps, sure)
+    assert expected(distance, sure) < expected(distance, honest)  # the improper term prefers the point mass
+    with pytest.raises(ValueError, match="ordinal_loss"):
+        GradeClassifier(width=0.125, ordinal_weight=1.0, ordinal_loss="emd")
+
+
 def _pair(acc: float, f1: float = 0.85, kq: float = 0.9, gross: int = 0) -> dict[str, object]:
     return {"accuracy": acc, "f1_macro": f1, "kappa_quadratic": kq, "gross_errors": gross}
 

@@ -361,29 +361,47 @@ class RootletClassifier(PatchClassifier):
 class GradeClassifier(PatchClassifier):
     """Schizas grade A-D: four logits, softmax cross-entropy.
 
-    ``ordinal_weight`` > 0 adds the expected distance in grades, ``sum_k p_k |k - y|``, to the loss (not in the
-    paper): the grades are ordered, and a D called A costs three times what a D called C does, so probability
-    mass far from the label is pushed back first.
+    ``ordinal_weight`` > 0 adds an ordinal term to the loss (not in the paper): the grades are ordered, and a D
+    called A costs three times what a D called C does, so probability mass far from the label is pushed back
+    first. ``ordinal_loss`` says which term: ``distance``, the expected distance in grades ``sum_k p_k |k - y|``
+    (the L1 distance between the predicted and the label's cumulative distributions), or ``rps``, the ranked
+    probability score, the same cumulative gap squared. A confidently far prediction costs the same under both;
+    but the expected distance is linear in p, so it rewards putting all mass on the likeliest grade however noisy
+    the labels (improper), where the RPS, a proper scoring rule, is minimised by the labels' own distribution.
     """
 
+    ORDINAL_LOSSES = ("distance", "rps")
+
     def __init__(
-        self, *args: Any, ordinal_weight: float = 0.0, classes: list[str] | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        ordinal_weight: float = 0.0,
+        ordinal_loss: str = "distance",
+        classes: list[str] | None = None,
+        **kwargs: Any,
     ) -> None:
+        if ordinal_loss not in self.ORDINAL_LOSSES:
+            raise ValueError(f"ordinal_loss={ordinal_loss!r}: one of {list(self.ORDINAL_LOSSES)}")
         # the grades in order of severity: the run's scheme (grading=) unless given; saved with the weights
         self.class_names = tuple(classes) if classes else grades()
         super().__init__(*args, **kwargs)
         self.hparams["classes"] = list(self.class_names)
         self.ordinal_weight = float(ordinal_weight)
+        self.ordinal_loss = ordinal_loss
 
     def loss(
         self, logits: torch.Tensor, target: torch.Tensor, soft: torch.Tensor | None = None
     ) -> torch.Tensor:
         loss = F.cross_entropy(logits, target if soft is None else soft)
-        if self.ordinal_weight:
-            grades = torch.arange(logits.shape[-1], device=logits.device)
-            if soft is None:
-                distance = (grades[None, :] - target[:, None]).abs().to(logits.dtype)
-            else:  # the expected distance under the votes: sum_j q_j |k - j| for each predicted grade k
-                distance = soft @ (grades[:, None] - grades[None, :]).abs().to(logits.dtype)
-            loss = loss + self.ordinal_weight * (logits.softmax(-1) * distance).sum(-1).mean()
-        return loss
+        if not self.ordinal_weight:
+            return loss
+        if self.ordinal_loss == "rps":
+            label = F.one_hot(target, logits.shape[-1]).to(logits.dtype) if soft is None else soft
+            gap = (logits.softmax(-1).cumsum(-1) - label.cumsum(-1))[:, :-1]
+            return loss + self.ordinal_weight * gap.square().sum(-1).mean()
+        grades = torch.arange(logits.shape[-1], device=logits.device)
+        if soft is None:
+            distance = (grades[None, :] - target[:, None]).abs().to(logits.dtype)
+        else:  # the expected distance under the votes: sum_j q_j |k - j| for each predicted grade k
+            distance = soft @ (grades[:, None] - grades[None, :]).abs().to(logits.dtype)
+        return loss + self.ordinal_weight * (logits.softmax(-1) * distance).sum(-1).mean()
