@@ -19,6 +19,20 @@ from lumbar_lightning.data.labels import CSV_COLUMNS
 LABEL_HEADER = list(CSV_COLUMNS)
 
 
+def quiet_trainer(**kwargs: object):
+    """A Lightning Trainer for a test: one epoch, no logger, checkpoints, progress bar or summary."""
+    import lightning as L
+
+    options = dict(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return L.Trainer(**{**options, **kwargs})
+
+
 def write_tiny_dataset(
     root: Path, n_patients: int = 12, slices: int = 4, size: int = 32, seed: int = 0
 ) -> Path:

@@ -121,7 +121,7 @@ def test_a_consensus_checkpoint_follows_the_vote_share_its_call_gets(tiny_phanto
 
     from lumbar_lightning.engine.fold import patch_datamodule
     from lumbar_lightning.models.stages import GradeClassifier
-    from tests.conftest import tiny_cv_config
+    from tests.conftest import quiet_trainer, tiny_cv_config
 
     cfg = tiny_cv_config(f"data.data_dir={tiny_phantom}")
     dm = patch_datamodule(cfg, "grade", fold=0, rater="consensus")
@@ -130,14 +130,7 @@ def test_a_consensus_checkpoint_follows_the_vote_share_its_call_gets(tiny_phanto
     module = GradeClassifier(width=0.125, scheduler=False)
     assert module.monitor == "val/acc"
     module.select_by_votes()
-    trainer = L.Trainer(
-        max_epochs=1,
-        limit_train_batches=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(limit_train_batches=2)
     trainer.fit(module, datamodule=dm)
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
     module.eval()

@@ -18,6 +18,7 @@ from lumbar_lightning.inference.pipeline import Pipeline, load_stage_weights
 from lumbar_lightning.models.nets import CanalVGG
 from lumbar_lightning.models.predictors import three_channels
 from lumbar_lightning.models.stages import CanalDetector, GradeClassifier, RootletClassifier
+from tests.conftest import quiet_trainer
 
 DM = dict(num_folds=4, batch_size=16, eval_batch_size=64)
 
@@ -66,14 +67,7 @@ def test_classifiers_learn_and_report_metrics(tiny_phantom: Path, task: str, cls
     assert last < 0.5 * first, (first, last)
     # A short fit through a real Trainer computes every metric on the validation split.
     module = cls(width=0.125, optimizer=adam(3e-3), scheduler=False)
-    trainer = L.Trainer(
-        max_epochs=1,
-        limit_train_batches=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(limit_train_batches=3)
     trainer.fit(module, datamodule=dm)
     val = {k: float(v) for k, v in trainer.callback_metrics.items()}  # what Lightning logged
     assert 0.0 <= val["val/acc"] <= 1.0 and 0.0 <= val["val/f1"] <= 1.0
@@ -96,15 +90,7 @@ def test_detector_learns_and_reports_map_iou_and_detection_rate(tiny_phantom: Pa
     batch = next(iter(dm.train_dataloader()))
     first, last = _overfit(module, batch, 25)
     assert last < 0.6 * first, (first, last)
-    trainer = L.Trainer(
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(limit_train_batches=2, limit_val_batches=2)
     del module.log  # logging on again, through the Trainer
     trainer.fit(module, datamodule=dm)
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
