@@ -312,9 +312,8 @@ class PatchClassifier(StageModule):
         scalars = {f"{split}/acc": values[f"{split}/acc"], f"{split}/f1": values[f"{split}/f1"]}
         for name, f1 in zip(self.class_names, values[f"{split}/f1_per_class"], strict=True):
             scalars[f"{split}/f1_{name}"] = f1
-        votes = self.vote_agreement[f"{split}_m"] if split != "train" else None
-        if votes is not None and votes.update_called:
-            scalars[f"{split}/vote_acc"] = votes.compute()
+        if split != "train" and self.vote_agreement[f"{split}_m"].update_called:  # a consensus split
+            scalars[f"{split}/vote_acc"] = self.vote_agreement[f"{split}_m"].compute()
         self.log_dict(scalars, prog_bar=split == "val")
         return scalars
 
