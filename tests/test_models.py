@@ -100,6 +100,22 @@ def test_detector_learns_and_reports_map_iou_and_detection_rate(tiny_phantom: Pa
     )
 
 
+def test_a_split_is_built_on_first_use_and_once(tiny_phantom: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fold whose detector is reloaded (the second rater's) needs the rows, not the resized slices."""
+    dm = SliceDataModule(image_size=96, data_dir=str(tiny_phantom), augment=None, **DM)
+    built: list[int] = []
+    real = dm.build
+    monkeypatch.setattr(dm, "build", lambda rows, augment: built.append(len(rows)) or real(rows, augment))
+    dm.setup()
+    assert built == [] and len(dm.rows["test"]) > 0
+    val = dm.sets["val"]
+    assert built == [len(dm.rows["val"])] and len(val) == len(dm.rows["val"])
+    dm.setup()  # Lightning calls it again for every fit, test and predict
+    assert dm.sets["val"] is val and built == [len(dm.rows["val"])]
+    with pytest.raises(KeyError):
+        dm.sets["holdout"]
+
+
 def test_detection_map_is_reset_every_epoch(tiny_phantom: Path) -> None:
     dm = SliceDataModule(image_size=96, data_dir=str(tiny_phantom), augment=None, **DM)
     dm.setup()
