@@ -21,7 +21,7 @@ from lumbar_lightning.engine.reproduce import comparable
 LONGER_GRADE = ["model.grade.trainer.max_epochs=6", "model.grade.samples_per_epoch=256", "threads=1"]
 
 
-def _train_cmd(data: Path, run_dir: Path) -> list[str]:
+def _train_cmd(data: Path, run_dir: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -31,6 +31,7 @@ def _train_cmd(data: Path, run_dir: Path) -> list[str]:
         f"hydra.run.dir={run_dir}",
         *TINY_CV,
         *LONGER_GRADE,
+        *extra,
     ]
 
 
@@ -40,16 +41,25 @@ def _fold(run_dir: Path) -> tuple[dict, pd.DataFrame]:
     return comparable(metrics), pd.read_csv(out / "predictions.csv", keep_default_na=False)
 
 
-def test_killed_mid_stage_then_resumed_equals_uninterrupted(tiny_phantom: Path, tmp_path: Path) -> None:
+#: The demo grader's weight averaging (experiment=demo): its average is part of what a resumed stage restores.
+GRADE_EMA = (
+    "+model.grade.callbacks={ema: {_target_: lightning.pytorch.callbacks.EMAWeightAveraging, decay: 0.9}}"
+)
+
+
+@pytest.mark.parametrize("extra", [(), (GRADE_EMA,)], ids=["plain", "weight-averaged"])
+def test_killed_mid_stage_then_resumed_equals_uninterrupted(
+    tiny_phantom: Path, tmp_path: Path, extra: tuple[str, ...]
+) -> None:
     """Reproduction (two uninterrupted runs agree exactly) and resumption (SIGKILL inside the grade stage, the
     same command again: finished stages are reloaded, the grade stage continues from last.ckpt)."""
     reference = subprocess.run(
-        _train_cmd(tiny_phantom, tmp_path / "ref"), capture_output=True, text=True, timeout=600
+        _train_cmd(tiny_phantom, tmp_path / "ref", *extra), capture_output=True, text=True, timeout=600
     )
     assert reference.returncode == 0, reference.stderr[-2000:]
     killed_dir = tmp_path / "killed"
     proc = subprocess.Popen(
-        _train_cmd(tiny_phantom, killed_dir),
+        _train_cmd(tiny_phantom, killed_dir, *extra),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -66,7 +76,7 @@ def test_killed_mid_stage_then_resumed_equals_uninterrupted(tiny_phantom: Path, 
     assert not (killed_dir / "A1" / "fold_0" / "metrics.json").exists()
     epochs_before = torch.load(grade / "last.ckpt", weights_only=True)["epoch"]
     resumed = subprocess.run(
-        _train_cmd(tiny_phantom, killed_dir), capture_output=True, text=True, timeout=600
+        _train_cmd(tiny_phantom, killed_dir, *extra), capture_output=True, text=True, timeout=600
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     log = resumed.stdout + resumed.stderr
@@ -82,8 +92,11 @@ def test_killed_mid_stage_then_resumed_equals_uninterrupted(tiny_phantom: Path, 
         for d in (tmp_path / "ref", killed_dir)
     )
     assert ref_last["epoch"] == got_last["epoch"] == 5
-    for name, tensor in ref_last["state_dict"].items():
-        assert torch.equal(tensor, got_last["state_dict"][name]), name
+    for key in ("state_dict", "current_model_state"):  # the average and the trained weights beside it
+        assert (key in ref_last) == (key in got_last)
+        for name, tensor in ref_last.get(key, {}).items():
+            assert torch.equal(tensor, got_last[key][name]), (key, name)
+    assert ("current_model_state" in ref_last) == bool(extra)
 
 
 def _reproduce(data: Path, reference: Path, run_dir: Path) -> subprocess.CompletedProcess[str]:

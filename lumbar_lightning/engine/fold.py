@@ -94,7 +94,8 @@ def _trainer(
 ) -> tuple[L.Trainer, L.Trainer]:
     """The fit and test Trainers of one stage, sharing loggers.
 
-    Fit: the configured trainer (one or N processes), the stage's epochs, best/last checkpoints on ``monitor``.
+    Fit: the configured trainer (one or N processes), the stage's epochs, best/last checkpoints on ``monitor``,
+    the run's callbacks and the stage's own (``model.<stage>.callbacks``, e.g. weight averaging for one stage).
     Test: one process on the same accelerator, so test metrics are computed once, in this process, on every
     test image (a distributed sampler would pad the test set with repeats).
     """
@@ -106,7 +107,7 @@ def _trainer(
             cb_cfg,
             **{k: v for k, v in runtime.items() if OmegaConf.is_missing(cb_cfg, k)},
         )
-        for cb_cfg in (cfg.get("callbacks") or {}).values()
+        for cb_cfg in [*(cfg.get("callbacks") or {}).values(), *(stage_cfg.get("callbacks") or {}).values()]
         if cb_cfg is not None and "_target_" in cb_cfg
     ]
     loggers: list[Any] = []
@@ -267,7 +268,9 @@ def _checkpoint_progress(path: Path) -> tuple[float, int]:
     if not path.exists():
         return float("nan"), 0
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    best = ckpt["state_dict"].get("val_best.max_value")
+    # under weight averaging (EMAWeightAveraging) the state_dict holds the average; the trained module's own
+    # state, with its tracked best, is current_model_state
+    best = ckpt.get("current_model_state", ckpt["state_dict"]).get("val_best.max_value")
     return (float("nan") if best is None else float(best)), int(ckpt.get("epoch", -1)) + 1
 
 

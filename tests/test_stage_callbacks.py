@@ -1,0 +1,42 @@
+"""A stage's own callbacks (``model.<stage>.callbacks``): weight averaging for one stage, its checkpoints and
+the tracked best that run_fold reads back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from conftest import TINY_CV
+
+EMA = "+model.grade.callbacks={ema: {_target_: lightning.pytorch.callbacks.EMAWeightAveraging, decay: 0.5}}"
+
+
+def test_weight_averaging_of_one_stage_keeps_its_tracked_best(tiny_phantom: Path, tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from lumbar_lightning.conf import CONF_DIR
+    from lumbar_lightning.engine.fold import run_fold
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=[f"data.data_dir={tiny_phantom}", "logger=none", "threads=1", *TINY_CV, EMA],
+        )
+    out = tmp_path / "A1" / "fold_0"
+    metrics = run_fold(cfg, 0, "A1", out)
+    stages = out / "checkpoints"
+    grade_last = torch.load(stages / "grade" / "last.ckpt", weights_only=True)
+    grade_best = torch.load(stages / "grade" / "best.ckpt", weights_only=True)
+    rootlet_last = torch.load(stages / "rootlet" / "last.ckpt", weights_only=True)
+    # only the grade was averaged: its checkpoints hold the average, the trained weights beside it
+    assert "current_model_state" in grade_last and "current_model_state" in grade_best
+    assert "current_model_state" not in rootlet_last
+    averaged, trained = grade_last["state_dict"], grade_last["current_model_state"]
+    conv = next(k for k in trained if k.endswith("weight") and trained[k].ndim == 4)
+    assert not torch.equal(averaged[conv], trained[conv])
+    # the tracked best is the trained module's (the average's own copy never tracks), and it is what is reported
+    tracked = float(trained["val_best.max_value"])
+    assert 0.0 < tracked <= 1.0
+    done = json.loads((stages / "grade" / "done.json").read_text())
+    assert done["best_val"] == metrics["grade"]["gt_box"]["best_val"] == tracked
