@@ -41,13 +41,17 @@ def _fold(run_dir: Path) -> tuple[dict, pd.DataFrame]:
     return comparable(metrics), pd.read_csv(out / "predictions.csv", keep_default_na=False)
 
 
-#: The demo grader's weight averaging (experiment=demo): its average is part of what a resumed stage restores.
+#: Weight averaging of one stage (model.<stage>.callbacks): its average is part of what a resumed stage restores.
 GRADE_EMA = (
     "+model.grade.callbacks={ema: {_target_: lightning.pytorch.callbacks.EMAWeightAveraging, decay: 0.9}}"
 )
 
 
-@pytest.mark.parametrize("extra", [(), (GRADE_EMA,)], ids=["plain", "weight-averaged"])
+@pytest.mark.parametrize(
+    "extra",
+    [(), pytest.param((GRADE_EMA,), marks=pytest.mark.slow)],  # no preset averages weights: slow suite only
+    ids=["plain", "weight-averaged"],
+)
 def test_killed_mid_stage_then_resumed_equals_uninterrupted(
     tiny_phantom: Path, tmp_path: Path, extra: tuple[str, ...]
 ) -> None:
