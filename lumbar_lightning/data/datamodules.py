@@ -185,7 +185,7 @@ class CanalPatches(Dataset):
 
 class SplitSets(Mapping[str, Dataset]):
     """The splits' datasets, each built on first use: a run that reloads a finished stage (the second rater's
-    classifiers reuse the fold's detector) needs only the rows, and building its slices took 3 s a fold."""
+    fold reuses the fold's detector) needs only the rows (a lone fold's resized slices take about 3 s to build)."""
 
     def __init__(self, build: Callable[[str], Dataset]) -> None:
         self._build, self._built = build, {}
