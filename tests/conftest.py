@@ -105,6 +105,12 @@ TINY_CV = [
 ]
 
 
+#: Weight averaging of the grader only (``model.<stage>.callbacks``), as a test turns it on.
+GRADE_EMA = (
+    "+model.grade.callbacks={ema: {_target_: lightning.pytorch.callbacks.EMAWeightAveraging, decay: 0.5}}"
+)
+
+
 def tiny_cv_config(*overrides: str) -> DictConfig:
     """The ``cv`` app's config as a test composes it: the test's own overrides, then TINY_CV's small settings."""
     from hydra import compose, initialize_config_dir

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_CV
+from conftest import GRADE_EMA, TINY_CV
 
 from lumbar_lightning.engine.reproduce import comparable
 
@@ -39,12 +39,6 @@ def _fold(run_dir: Path) -> tuple[dict, pd.DataFrame]:
     out = run_dir / "A1" / "fold_0"
     metrics = json.loads((out / "metrics.json").read_text())
     return comparable(metrics), pd.read_csv(out / "predictions.csv", keep_default_na=False)
-
-
-#: Weight averaging of one stage (model.<stage>.callbacks): its average is part of what a resumed stage restores.
-GRADE_EMA = (
-    "+model.grade.callbacks={ema: {_target_: lightning.pytorch.callbacks.EMAWeightAveraging, decay: 0.9}}"
-)
 
 
 @pytest.mark.parametrize(

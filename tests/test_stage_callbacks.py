@@ -7,9 +7,7 @@ import json
 from pathlib import Path
 
 import torch
-from conftest import TINY_CV
-
-EMA = "+model.grade.callbacks={ema: {_target_: lightning.pytorch.callbacks.EMAWeightAveraging, decay: 0.5}}"
+from conftest import GRADE_EMA, TINY_CV
 
 
 def test_weight_averaging_of_one_stage_keeps_its_tracked_best(tiny_phantom: Path, tmp_path: Path) -> None:
@@ -21,7 +19,7 @@ def test_weight_averaging_of_one_stage_keeps_its_tracked_best(tiny_phantom: Path
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(
             config_name="train",
-            overrides=[f"data.data_dir={tiny_phantom}", "logger=none", "threads=1", *TINY_CV, EMA],
+            overrides=[f"data.data_dir={tiny_phantom}", "logger=none", "threads=1", *TINY_CV, GRADE_EMA],
         )
     out = tmp_path / "A1" / "fold_0"
     metrics = run_fold(cfg, 0, "A1", out)
