@@ -108,7 +108,11 @@ def test_own_folds_read_as_recorded_give_the_run_itself(tiny_run: Path, tmp_path
     after = json.loads((again / "metrics.json").read_text())
     assert after["grade"]["chained"] == before["grade"]["chained"]
     assert after["detector"] == before["detector"]  # training-side entries are the run's own
-    assert summary["read_again"]["serve"] == {"flip_tta": None, "box_choice": None}
+    assert summary["read_again"]["serve"] == {
+        "flip_tta": None,
+        "box_choice": None,
+        "grade_shift_tta_mm": None,
+    }
     assert (
         tiny_run / "A1" / "fold_0" / "predictions.csv"
     ).read_text() == recorded  # the run is never written
@@ -119,7 +123,9 @@ def test_own_folds_read_with_the_mirror_and_the_top_box(tiny_run: Path, tmp_path
     from lumbar_lightning.inference.ensemble import load_fold_pipeline
 
     out = tmp_path / "mirror"
-    cmd = _own_folds(tiny_run, out, "serve.flip_tta=true", "serve.box_choice=false")
+    cmd = _own_folds(
+        tiny_run, out, "serve.flip_tta=true", "serve.box_choice=false", "serve.grade_shift_tta_mm=1.5"
+    )
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     fold = tiny_run / "A1" / "fold_0"
@@ -129,14 +135,21 @@ def test_own_folds_read_with_the_mirror_and_the_top_box(tiny_run: Path, tmp_path
     probs = [c for c in recorded if c.startswith("p_") and not c.endswith("_balanced")]
     assert (mirror[probs] - recorded[probs]).abs().to_numpy().max() > 1e-3  # a trained net is not mirror-even
     # What the command wrote is what the fold's pipeline read that way gives.
-    pipeline = load_fold_pipeline(fold, serve={"flip_tta": True, "box_choice": False})
+    pipeline = load_fold_pipeline(
+        fold, serve={"flip_tta": True, "box_choice": False, "grade_shift_tta_mm": 1.5}
+    )
     assert pipeline.grade.flip_tta and pipeline.rootlet.flip_tta and pipeline.box_choice is None
+    assert pipeline.grade_shift_tta_mm == 1.5 and load_fold_pipeline(fold).grade_shift_tta_mm == 0.0
     metrics = json.loads((out / "A1" / "fold_0" / "metrics.json").read_text())
     assert metrics["grade"]["chained"]["accuracy"] == pytest.approx(
         chained_metrics(mirror, "A1")[1]["accuracy"]
     )
     summary = json.loads((out / "cv_summary.json").read_text())
-    assert summary["read_again"]["serve"] == {"flip_tta": True, "box_choice": False}
+    assert summary["read_again"]["serve"] == {
+        "flip_tta": True,
+        "box_choice": False,
+        "grade_shift_tta_mm": 1.5,
+    }
     assert "read again" in (out / "report.md").read_text()
 
 

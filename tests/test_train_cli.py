@@ -63,10 +63,14 @@ def test_short_run_writes_checkpoints_predictions_and_metrics(tiny_phantom: Path
     spec = json.loads((out / "pipeline.json").read_text())
     assert spec["box_choice"] == {"sigma_mm": 8.0, "window": 3, "min_score": 0.5}
     assert load_fold_pipeline(out).box_choice == SeriesBoxChoice()
+    assert spec["grade_shift_tta_mm"] == 0.0  # the grade stage's default: one reading, as in the paper
     older = tmp_path / "older"
     shutil.copytree(out, older)
-    (older / "pipeline.json").write_text(json.dumps({k: v for k, v in spec.items() if k != "box_choice"}))
-    assert load_fold_pipeline(older).box_choice is None
+    recorded = {k: v for k, v in spec.items() if k not in ("box_choice", "grade_shift_tta_mm")}
+    (older / "pipeline.json").write_text(json.dumps(recorded))
+    assert (
+        load_fold_pipeline(older).box_choice is None and load_fold_pipeline(older).grade_shift_tta_mm == 0.0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     grade = metrics["grade"]
     assert {"gt_box", "chained", "chained_balanced"} <= set(grade)

@@ -344,7 +344,12 @@ def inference_section(
     presets: dict[str, Any], study: list[np.ndarray], spacing: list[float]
 ) -> dict[str, float]:
     """Pipeline latency for one study (untrained weights: the work per slice is the same as trained)."""
-    from lumbar_lightning.engine.fold import build_modules, detector_box_choice, stage_geometry
+    from lumbar_lightning.engine.fold import (
+        build_modules,
+        detector_box_choice,
+        grade_shift_tta_mm,
+        stage_geometry,
+    )
     from lumbar_lightning.inference.pipeline import Pipeline
 
     out: dict[str, float] = {}
@@ -358,6 +363,7 @@ def inference_section(
             batch_size=int(cfg.data.eval_batch_size),
             grade_patch=stage_geometry(cfg, "grade"),
             box_choice=detector_box_choice(cfg),
+            grade_shift_tta_mm=grade_shift_tta_mm(cfg),
         )
         seconds = median_time(
             lambda p=pipeline: p.predict(study, pixel_mm=spacing), repeats=3 if name == "demo" else 1

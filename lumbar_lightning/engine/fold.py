@@ -356,6 +356,7 @@ def run_fold(
     geometry = {stage: stage_geometry(cfg, stage) for stage in patch_stages}
     box_choice = detector_box_choice(cfg)
     write_pipeline_spec(out_dir, cfg, {s: modules[s] for s in STAGES if s in modules}, geometry, box_choice)
+    shift_tta = grade_shift_tta_mm(cfg)
 
     metrics: dict[str, Any] = {"fold": fold, "rater": rater}
     box_rater = detector_rater(cfg, rater)
@@ -385,6 +386,7 @@ def run_fold(
         batch_size=cfg.data.eval_batch_size,
         grade_patch=geometry["grade"],
         box_choice=box_choice,
+        grade_shift_tta_mm=shift_tta,
     )
     predictions = predict_test_images(pipeline, dataset, det_dm.rows["test"]["patient"].unique(), fold, rater)
     if "baseline" in modules:
@@ -411,6 +413,11 @@ def detector_box_choice(cfg: DictConfig) -> SeriesBoxChoice | None:
     return None if node is None else hydra.utils.instantiate(node)
 
 
+def grade_shift_tta_mm(cfg: DictConfig) -> float:
+    """How far apart (mm) the grader's nine test readings are centred (``model.grade.shift_tta_mm``; 0: one)."""
+    return float(cfg.model.grade.get("shift_tta_mm") or 0.0)
+
+
 def write_pipeline_spec(
     out_dir: Path,
     cfg: DictConfig,
@@ -419,12 +426,13 @@ def write_pipeline_spec(
     box_choice: SeriesBoxChoice | None = None,
 ) -> None:
     """What ``lumbar-predict`` needs besides the checkpoints, as plain data (nothing in it is ever executed):
-    each stage's class and hyperparameters, the patch geometry, the box choice, and the whole run config as
-    plain YAML."""
+    each stage's class and hyperparameters, the patch geometry, the box choice, the grader's shifted readings,
+    and the whole run config as plain YAML."""
     spec = {
         "stages": {s: {"class": type(m).__name__, "hparams": dict(m.hparams)} for s, m in modules.items()},
         "geometry": {s: dataclasses.asdict(g) for s, g in geometry.items()},
         "box_choice": None if box_choice is None else box_choice.as_dict(),
+        "grade_shift_tta_mm": grade_shift_tta_mm(cfg),
         "batch_size": int(cfg.data.eval_batch_size),
         "rater": str(cfg.data.rater),
         "fold": int(cfg.data.fold),

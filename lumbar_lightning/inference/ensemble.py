@@ -100,6 +100,7 @@ def load_fold_pipeline(
         device=device,
         grade_patch=geometry["grade"],
         box_choice=box_choice,
+        grade_shift_tta_mm=float(spec.get("grade_shift_tta_mm") or 0.0),  # runs before it: one reading
     )
     return Serving.of(serve).apply(pipeline)
 
@@ -108,14 +109,15 @@ def load_fold_pipeline(
 class Serving:
     """How a trained fold is read, where it should differ from what its run recorded (None: as recorded).
 
-    Both settings change only how trained weights are read, so a finished run can be measured with them without
+    Every setting changes only how trained weights are read, so a finished run can be measured with it without
     training again (``lumbar-evaluate folds=own``): ``flip_tta`` for the rootlet and grade stages (each patch with
     its mirror image), ``box_choice`` False for the detector's top box, True for ``SeriesBoxChoice()``, or a
-    mapping of ``SeriesBoxChoice``'s fields.
+    mapping of ``SeriesBoxChoice``'s fields, ``grade_shift_tta_mm`` the grader's shifted readings (0: one).
     """
 
     flip_tta: bool | None = None
     box_choice: bool | dict[str, Any] | None = None
+    grade_shift_tta_mm: float | None = None
 
     @classmethod
     def of(cls, node: Any) -> Serving:
@@ -123,12 +125,14 @@ class Serving:
         if isinstance(node, Serving):
             return node
         values = {k: v for k, v in dict(node or {}).items() if v is not None}
-        if unknown := sorted(set(values) - {"flip_tta", "box_choice"}):
-            raise DataContractError(f"serve: unknown setting(s) {unknown}; known: flip_tta, box_choice")
+        known = ("flip_tta", "box_choice", "grade_shift_tta_mm")
+        if unknown := sorted(set(values) - set(known)):
+            raise DataContractError(f"serve: unknown setting(s) {unknown}; known: {', '.join(known)}")
         choice = values.get("box_choice")
         if choice is not None and not isinstance(choice, bool):
             choice = {k: v for k, v in dict(choice).items() if k != "_target_"}
-        return cls(values.get("flip_tta"), choice)
+        shift = values.get("grade_shift_tta_mm")
+        return cls(values.get("flip_tta"), choice, None if shift is None else float(shift))
 
     def apply(self, pipeline: Pipeline) -> Pipeline:
         if self.flip_tta is not None:
@@ -140,10 +144,20 @@ class Serving:
                 pipeline.box_choice = SeriesBoxChoice() if self.box_choice else None
             else:
                 pipeline.box_choice = SeriesBoxChoice(**self.box_choice)
+        if self.grade_shift_tta_mm is not None:
+            if not self.grade_shift_tta_mm >= 0:
+                raise DataContractError(
+                    f"serve.grade_shift_tta_mm must be >= 0; got {self.grade_shift_tta_mm}"
+                )
+            pipeline.grade_shift_tta_mm = self.grade_shift_tta_mm
         return pipeline
 
     def as_dict(self) -> dict[str, Any]:
-        return {"flip_tta": self.flip_tta, "box_choice": self.box_choice}
+        return {
+            "flip_tta": self.flip_tta,
+            "box_choice": self.box_choice,
+            "grade_shift_tta_mm": self.grade_shift_tta_mm,
+        }
 
 
 def _predictor(stage: str, hparams: dict[str, Any]) -> CanalBoxPredictor | PatchPredictor:

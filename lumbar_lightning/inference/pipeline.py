@@ -93,6 +93,10 @@ class Pipeline:
 
     ``box_choice``: which of the detector's candidates a slice keeps (``SeriesBoxChoice``); None keeps the top box.
 
+    ``grade_shift_tta_mm`` > 0 grades each slice as the mean of nine readings, the grade patch's centre moved on a
+    3 x 3 grid this many millimetres apart: a detected box sits a millimetre or two off the rater's, and on a
+    severe canal that alone can move the call by a grade (measured in ``experiments/cohorts``). 0: one patch.
+
     Images go in as full-size normalised arrays (the ingestion cache's format); everything runs in batches.
     The stages are plain-torch predictors (a trained LightningModule's ``predictor``, or one rebuilt from a
     checkpoint by ``load_fold_pipeline``), so serving a run imports no Lightning.
@@ -108,7 +112,10 @@ class Pipeline:
         device: str | torch.device = "cpu",
         grade_patch: PatchGeometry | None = None,
         box_choice: SeriesBoxChoice | None = None,
+        grade_shift_tta_mm: float = 0.0,
     ) -> None:
+        if not grade_shift_tta_mm >= 0:
+            raise ValueError(f"grade_shift_tta_mm must be >= 0 (0: one patch); got {grade_shift_tta_mm}")
         self.detector = detector.eval().to(device)
         self.rootlet = rootlet.eval().to(device) if rootlet is not None else None
         self.grade = grade.eval().to(device)
@@ -117,6 +124,7 @@ class Pipeline:
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.box_choice = box_choice
+        self.grade_shift_tta_mm = float(grade_shift_tta_mm)
 
     @property
     def geometries(self) -> tuple[PatchGeometry, ...]:
@@ -173,7 +181,12 @@ class Pipeline:
         """
         spacing = list(pixel_mm) if pixel_mm is not None else [None] * len(images)
 
-        def cut(geometry: PatchGeometry, which: Sequence[int] | None = None, scale: np.ndarray | None = None):
+        def cut(
+            geometry: PatchGeometry,
+            which: Sequence[int] | None = None,
+            scale: np.ndarray | None = None,
+            boxes: np.ndarray = boxes,
+        ) -> torch.Tensor:
             which = range(len(images)) if which is None else which
             patches = [
                 geometry.crop(
@@ -197,20 +210,45 @@ class Pipeline:
                 .cpu()
                 .numpy()
             )
-        grade_in = level_in if self.grade_patch == self.patch else cut(self.grade_patch)
-        if self.grade.series_reference:
-            groups = np.zeros(len(images)) if series is None else np.asarray(series)
-            refs = reference_slices(groups, canal_brightness(grade_in[:, 0].cpu().numpy()), rootlet >= 0.5)
-            grade_in = torch.cat([grade_in, cut(self.grade_patch, refs, scale=boxes)], dim=1)
-        corrected, balanced = [], []
-        for start in range(0, len(grade_in), self.batch_size):
-            probs = self.grade.predict_step({"image": grade_in[start : start + self.batch_size]})
-            corrected.append(probs["probs"])
-            balanced.append(probs["probs_balanced"])
+        groups = np.zeros(len(images)) if series is None else np.asarray(series)
+
+        def grade(shifted: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+            """Corrected and balanced grade probabilities with every box moved by ``shifted`` (pixels)."""
+            if shifted is None:
+                grade_in = level_in if self.grade_patch == self.patch else cut(self.grade_patch)
+                at = boxes
+            else:
+                at = boxes + np.concatenate([shifted, shifted], axis=1)
+                grade_in = cut(self.grade_patch, boxes=at)
+            if self.grade.series_reference:
+                refs = reference_slices(
+                    groups, canal_brightness(grade_in[:, 0].cpu().numpy()), rootlet >= 0.5
+                )
+                grade_in = torch.cat([grade_in, cut(self.grade_patch, refs, scale=boxes, boxes=at)], dim=1)
+            corrected, balanced = [], []
+            for start in range(0, len(grade_in), self.batch_size):
+                probs = self.grade.predict_step({"image": grade_in[start : start + self.batch_size]})
+                corrected.append(probs["probs"])
+                balanced.append(probs["probs_balanced"])
+            return torch.cat(corrected), torch.cat(balanced)
+
+        if self.grade_shift_tta_mm > 0:
+            if any(mm is None or not np.isfinite(mm) for mm in spacing):
+                raise ValueError("Pipeline.grade_shift_tta_mm needs every image's pixel spacing")
+            per_pixel = self.grade_shift_tta_mm / np.asarray(spacing, dtype=np.float32)[:, None]
+            readings = [
+                grade(per_pixel * np.array([[dx, dy]], dtype=np.float32))
+                for dy in (-1, 0, 1)
+                for dx in (-1, 0, 1)
+            ]
+            corrected = torch.stack([r[0] for r in readings]).mean(0)
+            balanced = torch.stack([r[1] for r in readings]).mean(0)
+        else:
+            corrected, balanced = grade(None)
         return {
             "rootlet_prob": rootlet,
-            "grade_probs": torch.cat(corrected).cpu().numpy(),
-            "grade_probs_balanced": torch.cat(balanced).cpu().numpy(),
+            "grade_probs": corrected.cpu().numpy(),
+            "grade_probs_balanced": balanced.cpu().numpy(),
         }
 
     def predict(
