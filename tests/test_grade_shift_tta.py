@@ -1,5 +1,6 @@
-"""``grade_shift_tta_mm``: the grade is the mean of nine readings whose patch centres sit on a 3 x 3 grid this many
-millimetres apart, the series reference moving with them; the level call reads the box as detected."""
+"""``grade_shift_tta_mm``: a detected box's grade is the mean of five readings, the patch as detected and moved this
+many millimetres left, right, up and down, the series reference moving with them; the level call reads the box
+as detected, and a given box is read once, as given."""
 
 from __future__ import annotations
 
@@ -56,52 +57,72 @@ def _images() -> tuple[list[np.ndarray], np.ndarray, list[float]]:
     return images, boxes, [0.5, 0.5, 0.25, 0.5]
 
 
-def test_the_grade_is_the_mean_of_nine_shifted_readings() -> None:
+def _moved(boxes: np.ndarray, spacing: list[float], dx: float, dy: float) -> np.ndarray:
+    """Every box moved by (dx, dy) millimetres."""
+    step = np.stack([np.full(len(boxes), dx), np.full(len(boxes), dy)], 1) / np.array(spacing)[:, None]
+    return boxes + np.concatenate([step, step], 1).astype(np.float32)
+
+
+def test_the_grade_is_the_mean_of_the_reading_and_four_shifted_ones() -> None:
     images, boxes, spacing = _images()
-    shifted, net = _pipeline(1.0)
-    out = shifted.classify(images, boxes, spacing)
-    assert len(net.seen) == 9  # one batch per reading
-    plain, _ = _pipeline(0.0)
-    readings = []
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            step = (
-                np.stack([np.full(4, dx), np.full(4, dy)], 1) / np.array(spacing)[:, None]
-            )  # 1 mm in pixels
-            moved = boxes + np.concatenate([step, step], 1).astype(np.float32)
-            readings.append(plain.classify(images, moved, spacing))
-    # The centre reading is the plain pipeline's; the grade is the mean of the nine, the level the plain one.
-    geometry = shifted.grade_patch
-    for i in range(4):
-        np.testing.assert_allclose(
-            net.seen[4][i, 0].numpy(), geometry.crop(images[i], boxes[i], 1.0, spacing[i])
+    pipe, net = _pipeline(0.0)
+    out = pipe.classify(images, boxes, spacing, grade_shift_mm=1.0)
+    assert len(net.seen) == 5  # one batch per reading
+    geometry = pipe.grade_patch
+    for (dx, dy), seen in zip([(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)], net.seen, strict=True):
+        want = np.stack(
+            [
+                geometry.crop(im, b, 1.0, mm)
+                for im, b, mm in zip(images, _moved(boxes, spacing, dx, dy), spacing, strict=True)
+            ]
         )
+        np.testing.assert_allclose(seen[:, 0].numpy(), want, atol=1e-6)
+    readings = [
+        pipe.classify(images, _moved(boxes, spacing, dx, dy), spacing)
+        for dx, dy in [(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)]
+    ]
     for key in ("grade_probs", "grade_probs_balanced"):
         np.testing.assert_allclose(
             out[key], np.mean([r[key] for r in readings], axis=0), rtol=1e-5, atol=1e-6
         )
-    np.testing.assert_array_equal(out["rootlet_prob"], readings[4]["rootlet_prob"])
-    assert np.abs(out["grade_probs"] - readings[4]["grade_probs"]).max() > 1e-3  # the shifts were read
-    # A shift of 0 reads one patch, exactly the plain pipeline.
-    centre = _pipeline(0.0)[0].classify(images, boxes, spacing)["grade_probs"]
-    np.testing.assert_array_equal(centre, readings[4]["grade_probs"])
+    np.testing.assert_array_equal(out["rootlet_prob"], readings[0]["rootlet_prob"])  # the level: as detected
+    assert np.abs(out["grade_probs"] - readings[0]["grade_probs"]).max() > 1e-3  # the shifts were read
+
+
+def test_detected_boxes_are_read_shifted_and_given_boxes_as_given() -> None:
+    images, boxes, spacing = _images()
+    pipe, net = _pipeline(1.5)
+    pipe.detect = lambda *args, **kwargs: (boxes, np.ones(len(boxes), dtype=np.float32))  # type: ignore[method-assign]
+    detected = pipe.predict(images, pixel_mm=spacing)
+    want = pipe.classify(images, boxes, spacing, grade_shift_mm=1.5)["grade_probs"]
+    np.testing.assert_allclose(np.stack([p.grade_probs for p in detected]), want, rtol=1e-6)
+    net.seen.clear()
+    given = pipe.predict(images, boxes=boxes, pixel_mm=spacing)
+    assert len(net.seen) == 1
+    np.testing.assert_array_equal(
+        np.stack([p.grade_probs for p in given]), pipe.classify(images, boxes, spacing)["grade_probs"]
+    )
+    # A shift of 0 is the plain pipeline: one reading of the detected box.
+    plain, plain_net = _pipeline(0.0)
+    plain.detect = pipe.detect  # type: ignore[method-assign]
+    np.testing.assert_array_equal(
+        np.stack([p.grade_probs for p in plain.predict(images, pixel_mm=spacing)]),
+        np.stack([p.grade_probs for p in given]),
+    )
+    assert len(plain_net.seen) == 1
 
 
 def test_the_series_reference_moves_with_the_readings() -> None:
     images, boxes, spacing = _images()
-    pipe, net = _pipeline(2.0, series_reference=True)
-    level = pipe.classify(images, boxes, spacing)["rootlet_prob"] >= 0.5
+    pipe, net = _pipeline(0.0, series_reference=True)
+    level = pipe.classify(images, boxes, spacing, grade_shift_mm=2.0)["rootlet_prob"] >= 0.5
     geometry = pipe.grade_patch
-    first = net.seen[0]  # dx = dy = -1: every box 2 mm up and to the left
-    for i in range(4):
-        moved = boxes[i] - 2.0 / spacing[i]
-        np.testing.assert_allclose(
-            first[i, 0].numpy(), geometry.crop(images[i], moved, 1.0, spacing[i]), atol=1e-6
-        )
+    left = net.seen[1]  # the second reading: every box 2 mm to the left
+    moved = _moved(boxes, spacing, -2.0, 0.0)
     # The reference is chosen among the moved patches and cut at its own moved box.
-    ref = int(reference_slices(np.zeros(4), canal_brightness(first[:, 0].numpy()), level)[0])
-    want = geometry.crop(images[ref], boxes[ref] - 2.0 / spacing[ref], 1.0, spacing[ref])
-    np.testing.assert_allclose(first[:, 1].numpy(), np.stack([want] * 4), atol=1e-6)
+    ref = int(reference_slices(np.zeros(4), canal_brightness(left[:, 0].numpy()), level)[0])
+    want = geometry.crop(images[ref], moved[ref], 1.0, spacing[ref])
+    np.testing.assert_allclose(left[:, 1].numpy(), np.stack([want] * 4), atol=1e-6)
 
 
 def test_shifted_readings_need_spacing_and_a_non_negative_shift() -> None:
@@ -111,7 +132,7 @@ def test_shifted_readings_need_spacing_and_a_non_negative_shift() -> None:
     pipe, _ = _pipeline(1.0)
     pipe.grade_patch = pipe.patch = PatchGeometry(16)  # box-relative patches: no spacing needed to cut ...
     with pytest.raises(ValueError, match="needs every image's pixel spacing"):
-        pipe.classify(images, boxes)  # ... but the shift is in millimetres
+        pipe.classify(images, boxes, grade_shift_mm=1.0)  # ... but the shift is in millimetres
 
 
 def test_serving_sets_the_shift_and_refuses_a_negative_one() -> None:

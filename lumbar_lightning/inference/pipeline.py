@@ -85,6 +85,10 @@ class Prediction:
         return row
 
 
+#: The shifted grade readings' directions (x, y) in units of ``grade_shift_tta_mm``: left, right, up, down.
+SHIFT_STEPS = ((-1, 0), (1, 0), (0, -1), (0, 1))
+
+
 class Pipeline:
     """Detector, then rootlet classifier on the detected patch, then grader on the patches called rootlet.
 
@@ -93,9 +97,10 @@ class Pipeline:
 
     ``box_choice``: which of the detector's candidates a slice keeps (``SeriesBoxChoice``); None keeps the top box.
 
-    ``grade_shift_tta_mm`` > 0 grades each slice as the mean of nine readings, the grade patch's centre moved on a
-    3 x 3 grid this many millimetres apart: a detected box sits a millimetre or two off the rater's, and on a
-    severe canal that alone can move the call by a grade (measured in ``experiments/cohorts``). 0: one patch.
+    ``grade_shift_tta_mm`` > 0 grades each detected box as the mean of five readings: the grade patch as detected
+    and moved this many millimetres left, right, up and down. A detected box sits a millimetre or two off the
+    rater's, and on a severe canal that alone can move the call by a grade (``experiments/cohorts``). Boxes given
+    to ``predict`` are read once, as given. 0: one reading.
 
     Images go in as full-size normalised arrays (the ingestion cache's format); everything runs in batches.
     The stages are plain-torch predictors (a trained LightningModule's ``predictor``, or one rebuilt from a
@@ -115,7 +120,7 @@ class Pipeline:
         grade_shift_tta_mm: float = 0.0,
     ) -> None:
         if not grade_shift_tta_mm >= 0:
-            raise ValueError(f"grade_shift_tta_mm must be >= 0 (0: one patch); got {grade_shift_tta_mm}")
+            raise ValueError(f"grade_shift_tta_mm must be >= 0 (0: one reading); got {grade_shift_tta_mm}")
         self.detector = detector.eval().to(device)
         self.rootlet = rootlet.eval().to(device) if rootlet is not None else None
         self.grade = grade.eval().to(device)
@@ -173,11 +178,14 @@ class Pipeline:
         boxes: np.ndarray,
         pixel_mm: Sequence[float] | None = None,
         series: Sequence[Any] | None = None,
+        grade_shift_mm: float = 0.0,
     ) -> dict[str, np.ndarray]:
         """Rootlet probability and grade probabilities (corrected and balanced) for each image's box.
 
         A grader with ``series_reference`` also sees each slice's series reference (``reference_slices`` on the
         patches' ``canal_brightness`` and the rootlet calls); ``series`` groups the images (default: one series).
+        ``grade_shift_mm`` > 0: the grade is the mean of the reading at each box and at the box moved this far
+        (mm) left, right, up and down; the series reference moves with it.
         """
         spacing = list(pixel_mm) if pixel_mm is not None else [None] * len(images)
 
@@ -232,14 +240,14 @@ class Pipeline:
                 balanced.append(probs["probs_balanced"])
             return torch.cat(corrected), torch.cat(balanced)
 
-        if self.grade_shift_tta_mm > 0:
+        if grade_shift_mm > 0:
             if any(mm is None or not np.isfinite(mm) for mm in spacing):
-                raise ValueError("Pipeline.grade_shift_tta_mm needs every image's pixel spacing")
-            per_pixel = self.grade_shift_tta_mm / np.asarray(spacing, dtype=np.float32)[:, None]
-            readings = [
-                grade(per_pixel * np.array([[dx, dy]], dtype=np.float32))
-                for dy in (-1, 0, 1)
-                for dx in (-1, 0, 1)
+                raise ValueError(
+                    "a shifted grade reading (grade_shift_tta_mm) needs every image's pixel spacing"
+                )
+            per_pixel = grade_shift_mm / np.asarray(spacing, dtype=np.float32)[:, None]
+            readings = [grade(None)] + [
+                grade(per_pixel * np.array([step], dtype=np.float32)) for step in SHIFT_STEPS
             ]
             corrected = torch.stack([r[0] for r in readings]).mean(0)
             balanced = torch.stack([r[1] for r in readings]).mean(0)
@@ -268,11 +276,13 @@ class Pipeline:
         """
         if not len(images):
             return []
-        if boxes is None:
+        detected = boxes is None
+        if detected:
             boxes, scores = self.detect(images, pixel_mm, series, position)
         else:
             scores = np.ones(len(images), dtype=np.float32)
-        out = self.classify(images, np.asarray(boxes, dtype=np.float32), pixel_mm, series)
+        shift = self.grade_shift_tta_mm if detected else 0.0  # a given box is read as given
+        out = self.classify(images, np.asarray(boxes, dtype=np.float32), pixel_mm, series, shift)
         return [
             Prediction.decide(
                 boxes[i],
