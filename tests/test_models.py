@@ -358,3 +358,41 @@ def test_soft_targets_train_against_the_raters_votes() -> None:
     rootlet = RootletClassifier(width=0.125)
     half = rootlet.loss(torch.tensor([[0.0]]), torch.tensor([1]), torch.tensor([[0.5, 0.5]]))
     assert float(half) == pytest.approx(np.log(2))
+
+
+def test_calibration_reads_the_kept_validation_and_test_passes(
+    tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After training, the validation and test passes keep their log-probabilities; calibration fits on them
+    (bit for bit what predicting each split again gives) and predicts again only for a split they did not cover."""
+    from lumbar_lightning.engine.fold import calibrate
+
+    L.seed_everything(0)
+    dm = PatchDataModule(
+        task="grade", patch=PatchGeometry(32), data_dir=str(tiny_phantom), augment=None, **DM
+    )
+    dm.setup()
+    module = GradeClassifier(width=0.125, optimizer=adam(3e-3), scheduler=False, flip_tta=True)
+    quiet_trainer(limit_train_batches=3).fit(module, datamodule=dm)
+    tester = quiet_trainer()
+    module.keep_log_probs()
+    tester.validate(module, datamodule=dm, verbose=False)
+    tester.test(module, datamodule=dm, verbose=False)
+    for split, loader in (("val", dm.val_dataloader()), ("test", dm.test_dataloader())):
+        batches = tester.predict(module, dataloaders=loader)
+        again = torch.cat([b["log_probs"] for b in batches]).double().numpy()
+        kept, targets = module.kept_log_probs(split)
+        np.testing.assert_array_equal(kept, again)  # the mirror reading included: both are eval-mode reads
+        np.testing.assert_array_equal(targets, torch.cat([b["target"] for b in batches]).numpy())
+    predicted: list[int] = []
+    real = tester.predict
+    monkeypatch.setattr(tester, "predict", lambda *a, **k: predicted.append(1) or real(*a, **k))
+    report = calibrate(tester, module, dm, tmp_path / "none.ckpt")
+    assert predicted == [] and report["temperature"] > 0
+    # A pass at a fitted temperature keeps nothing; one over part of the split (limit_val_batches) is not used.
+    tester.validate(module, datamodule=dm, verbose=False)
+    assert float(module.temperature) != 1.0 and module.kept_log_probs("val") is None
+    module.set_temperature(1.0)
+    quiet_trainer(limit_val_batches=1).validate(module, datamodule=dm, verbose=False)
+    assert len(module.kept_log_probs("val")[1]) < len(dm.sets["val"])
+    assert calibrate(tester, module, dm, tmp_path / "none.ckpt") == report and predicted == [1]

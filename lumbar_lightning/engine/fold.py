@@ -181,13 +181,17 @@ def _fit_stage(
     if layout.best(stage).exists():
         load_stage_weights(module, layout.best(stage))
     _reload_csv_columns(tester)
+    module.set_temperature(1.0)  # a rerun after a cut-off may have reloaded an already calibrated checkpoint
     best_val_metrics: dict[str, float] = {}
     if isinstance(module, PatchClassifier):  # validation F1 at the chosen checkpoint: what sweeps optimise
+        module.keep_log_probs()  # the two passes below give calibration its inputs too
         best_val_metrics = epoch_metrics(tester.validate(module, datamodule=datamodule, verbose=False))
     metrics: dict[str, Any] = epoch_metrics(tester.test(module, datamodule=datamodule, verbose=False))
     if isinstance(module, PatchClassifier):
         metrics["test/confmat"] = module.confusion_matrix("test")
     metrics["calibration"] = calibrate(tester, module, datamodule, layout.best(stage))
+    if isinstance(module, PatchClassifier):
+        module.keep_log_probs(False)
     metrics.update(best_val_metrics)
     metrics["best_val"] = best_val
     metrics["epochs"] = epochs
@@ -207,11 +211,16 @@ def calibrate(
 ) -> dict[str, Any]:
     """Temperature scaling: fitted on the validation split, ECE and reliability bins before and after on the test
     split. The temperature goes into ``checkpoint`` (the stage's best), so the fold's chained pipeline,
-    ``lumbar-predict`` and ``lumbar-evaluate`` all report calibrated probabilities. For the detector the
+    ``lumbar-predict`` and ``lumbar-evaluate`` all report calibrated probabilities. A patch classifier's
+    log-probabilities come from the validation and test passes just run (``keep_log_probs``) when they covered
+    the whole split; otherwise (the detector, a ``limit_*_batches``) the split is predicted again. For the detector the
     probability is its top box's score, read as P(canal found), against whether that box is a detection."""
     module.set_temperature(1.0)  # a rerun after a cut-off may have reloaded an already calibrated checkpoint
 
-    def outputs(loader: Any) -> tuple[np.ndarray, np.ndarray]:
+    def outputs(split: str, loader: Any) -> tuple[np.ndarray, np.ndarray]:
+        kept = module.kept_log_probs(split) if isinstance(module, PatchClassifier) else None
+        if kept is not None and len(kept[1]) == len(loader.dataset):  # the whole split, read at temperature 1
+            return kept
         batches = tester.predict(module, dataloaders=loader) or []
         if isinstance(module, CanalDetector):
             return detection_outcomes(batches)
@@ -220,7 +229,9 @@ def calibrate(
         log_probs = torch.cat([b["log_probs"] for b in batches]).double().cpu().numpy()
         return log_probs, torch.cat([b["target"] for b in batches]).cpu().numpy()
 
-    report = calibration_report(*outputs(datamodule.val_dataloader()), *outputs(datamodule.test_dataloader()))
+    report = calibration_report(
+        *outputs("val", datamodule.val_dataloader()), *outputs("test", datamodule.test_dataloader())
+    )
     module.set_temperature(report["temperature"])
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)

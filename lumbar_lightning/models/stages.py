@@ -214,6 +214,19 @@ class PatchClassifier(StageModule):
         # Training-label frequencies, for logit adjustment at inference (balanced sampling trains a uniform prior).
         self.register_buffer("log_prior", built.log_prior)
         self.register_buffer("temperature", built.temperature)  # fitted after training (engine/fold.py)
+        self._kept: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+
+    def keep_log_probs(self, keep: bool = True) -> None:
+        """While on, each validation and test epoch keeps its log-probabilities and targets (``kept_log_probs``;
+        only at temperature 1): what calibration fits on after training, so the splits are not read again."""
+        self._kept = {"val": [], "test": []} if keep else None
+
+    def kept_log_probs(self, split: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The last ``split`` epoch's log-probabilities (float64, as ``predict_step`` gives them) and targets."""
+        if self._kept is None or not self._kept[split]:
+            return None
+        log_probs, targets = zip(*self._kept[split], strict=True)
+        return torch.cat(log_probs).double().numpy(), torch.cat(targets).numpy()
 
     @property
     def num_outputs(self) -> int:
@@ -283,7 +296,12 @@ class PatchClassifier(StageModule):
         logits = self(batch["image"])
         target = batch["target"]
         loss = self.loss(logits, target, batch.get("soft_target"))
-        preds = self.class_log_probs(logits, adjust=False if split == "train" else None).argmax(-1)
+        log_probs = self.class_log_probs(logits, adjust=False if split == "train" else None)
+        if (
+            self._kept is not None and split in self._kept and float(self.temperature) == 1.0
+        ):  # what is fitted
+            self._kept[split].append((log_probs.detach().cpu(), target.detach().cpu()))
+        preds = log_probs.argmax(-1)
         self.metrics[f"{split}_m"].update(preds, target)
         if split != "train" and batch.get("soft_target") is not None:
             self.vote_agreement[f"{split}_m"].update(batch["soft_target"].gather(1, preds[:, None])[:, 0])
@@ -323,10 +341,14 @@ class PatchClassifier(StageModule):
     def on_validation_epoch_start(self) -> None:
         self.metrics["val_m"].reset()
         self.vote_agreement["val_m"].reset()
+        if self._kept is not None:
+            self._kept["val"] = []
 
     def on_test_epoch_start(self) -> None:
         self.metrics["test_m"].reset()
         self.vote_agreement["test_m"].reset()
+        if self._kept is not None:
+            self._kept["test"] = []
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
