@@ -66,7 +66,7 @@ def _moved(boxes: np.ndarray, spacing: list[float], dx: float, dy: float) -> np.
 def test_the_grade_is_the_mean_of_the_reading_and_four_shifted_ones() -> None:
     images, boxes, spacing = _images()
     pipe, net = _pipeline(0.0)
-    out = pipe.classify(images, boxes, spacing, grade_shift_mm=1.0)
+    out = pipe.classify(images, boxes, spacing, grade_shift_tta_mm=1.0)
     assert len(net.seen) == 5  # one batch per reading
     geometry = pipe.grade_patch
     for (dx, dy), seen in zip([(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)], net.seen, strict=True):
@@ -94,7 +94,7 @@ def test_detected_boxes_are_read_shifted_and_given_boxes_as_given() -> None:
     pipe, net = _pipeline(1.5)
     pipe.detect = lambda *args, **kwargs: (boxes, np.ones(len(boxes), dtype=np.float32))  # type: ignore[method-assign]
     detected = pipe.predict(images, pixel_mm=spacing)
-    want = pipe.classify(images, boxes, spacing, grade_shift_mm=1.5)["grade_probs"]
+    want = pipe.classify(images, boxes, spacing, grade_shift_tta_mm=1.5)["grade_probs"]
     np.testing.assert_allclose(np.stack([p.grade_probs for p in detected]), want, rtol=1e-6)
     net.seen.clear()
     given = pipe.predict(images, boxes=boxes, pixel_mm=spacing)
@@ -115,7 +115,7 @@ def test_detected_boxes_are_read_shifted_and_given_boxes_as_given() -> None:
 def test_the_series_reference_moves_with_the_readings() -> None:
     images, boxes, spacing = _images()
     pipe, net = _pipeline(0.0, series_reference=True)
-    level = pipe.classify(images, boxes, spacing, grade_shift_mm=2.0)["rootlet_prob"] >= 0.5
+    level = pipe.classify(images, boxes, spacing, grade_shift_tta_mm=2.0)["rootlet_prob"] >= 0.5
     geometry = pipe.grade_patch
     left = net.seen[1]  # the second reading: every box 2 mm to the left
     moved = _moved(boxes, spacing, -2.0, 0.0)
@@ -132,7 +132,7 @@ def test_shifted_readings_need_spacing_and_a_non_negative_shift() -> None:
     pipe, _ = _pipeline(1.0)
     pipe.grade_patch = pipe.patch = PatchGeometry(16)  # box-relative patches: no spacing needed to cut ...
     with pytest.raises(ValueError, match="needs every image's pixel spacing"):
-        pipe.classify(images, boxes, grade_shift_mm=1.0)  # ... but the shift is in millimetres
+        pipe.classify(images, boxes, grade_shift_tta_mm=1.0)  # ... but the shift is in millimetres
 
 
 def test_serving_sets_the_shift_and_refuses_a_negative_one() -> None:

@@ -178,13 +178,13 @@ class Pipeline:
         boxes: np.ndarray,
         pixel_mm: Sequence[float] | None = None,
         series: Sequence[Any] | None = None,
-        grade_shift_mm: float = 0.0,
+        grade_shift_tta_mm: float = 0.0,
     ) -> dict[str, np.ndarray]:
         """Rootlet probability and grade probabilities (corrected and balanced) for each image's box.
 
         A grader with ``series_reference`` also sees each slice's series reference (``reference_slices`` on the
         patches' ``canal_brightness`` and the rootlet calls); ``series`` groups the images (default: one series).
-        ``grade_shift_mm`` > 0: the grade is the mean of the reading at each box and at the box moved this far
+        ``grade_shift_tta_mm`` > 0: the grade is the mean of the reading at each box and at the box moved this far
         (mm) left, right, up and down; the series reference moves with it.
         """
         spacing = list(pixel_mm) if pixel_mm is not None else [None] * len(images)
@@ -240,12 +240,12 @@ class Pipeline:
                 balanced.append(probs["probs_balanced"])
             return torch.cat(corrected), torch.cat(balanced)
 
-        if grade_shift_mm > 0:
+        if grade_shift_tta_mm > 0:
             if any(mm is None or not np.isfinite(mm) for mm in spacing):
                 raise ValueError(
                     "a shifted grade reading (grade_shift_tta_mm) needs every image's pixel spacing"
                 )
-            per_pixel = grade_shift_mm / np.asarray(spacing, dtype=np.float32)[:, None]
+            per_pixel = grade_shift_tta_mm / np.asarray(spacing, dtype=np.float32)[:, None]
             readings = [grade(None)] + [
                 grade(per_pixel * np.array([step], dtype=np.float32)) for step in SHIFT_STEPS
             ]
