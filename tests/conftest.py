@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 
 # isort: off
@@ -11,6 +12,7 @@ import lumbar_lightning  # noqa: F401  (first: pins numerics before numpy and to
 # isort: on
 import numpy as np
 import pytest
+import torch
 from omegaconf import DictConfig
 
 from lumbar_lightning.data.dicom.writer import SeriesInfo, deterministic_uid, write_mr_slice
@@ -138,3 +140,17 @@ def tiny_run(tiny_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
         )
     run_fold(cfg, 0, "A1", root / "A1" / "fold_0")
     return root
+
+
+class RecordingNet(torch.nn.Module):
+    """A patch network that keeps every batch it is given (``seen``); its logits are ``logits(x)`` (default: zeros
+    over four grades), so a test can check exactly which patches a pipeline cut and what it made of them."""
+
+    def __init__(self, logits: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+        self.logits = logits or (lambda x: torch.zeros(len(x), 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.clone())
+        return self.logits(x)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from conftest import RecordingNet
 
 from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.data.series import canal_brightness, reference_slices
@@ -17,25 +17,18 @@ from lumbar_lightning.inference.pipeline import Pipeline
 from lumbar_lightning.models.stages import CanalDetector, GradeClassifier, RootletClassifier
 
 
-class _Recorder(nn.Module):
+def _where_cut(x: torch.Tensor) -> torch.Tensor:
     """Grade logits that depend on where the patch was cut (its mean and its left-right balance)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.seen.append(x.clone())
-        mean = x[:, 0].mean(dim=(1, 2))
-        tilt = x[:, 0, :, : x.shape[-1] // 2].mean(dim=(1, 2)) - mean
-        return torch.stack([8 * mean, 20 * tilt, -8 * mean, torch.zeros_like(mean)], dim=1)
+    mean = x[:, 0].mean(dim=(1, 2))
+    tilt = x[:, 0, :, : x.shape[-1] // 2].mean(dim=(1, 2)) - mean
+    return torch.stack([8 * mean, 20 * tilt, -8 * mean, torch.zeros_like(mean)], dim=1)
 
 
-def _pipeline(shift_mm: float, series_reference: bool = False) -> tuple[Pipeline, _Recorder]:
+def _pipeline(shift_mm: float, series_reference: bool = False) -> tuple[Pipeline, RecordingNet]:
     torch.manual_seed(0)
     rootlet = RootletClassifier(width=0.125)
     grader = GradeClassifier(width=0.125, series_reference=series_reference)
-    grader.net = _Recorder()
+    grader.net = RecordingNet(_where_cut)
     geometry = PatchGeometry(16, field_mm=12.0)
     pipe = Pipeline(
         CanalDetector(image_size=64).predictor,

@@ -13,7 +13,7 @@ import pandas as pd
 import pydicom
 import pytest
 import torch
-from conftest import TINY_CV
+from conftest import TINY_CV, RecordingNet
 from torch import nn
 
 from lumbar_lightning.data.augment import PaperAugment
@@ -123,16 +123,6 @@ class _CornerDark(nn.Module):
         return torch.where(x[:, 0, 0, 0] < 0.05, -6.0, 6.0)[:, None]
 
 
-class _Recorder(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.seen.append(x.clone())
-        return torch.zeros(len(x), 4)
-
-
 def test_pipeline_uses_the_series_reference_of_its_own_rootlet_calls() -> None:
     rng = np.random.default_rng(0)
     images = [rng.random((96, 96), dtype=np.float32) for _ in range(5)]
@@ -146,7 +136,7 @@ def test_pipeline_uses_the_series_reference_of_its_own_rootlet_calls() -> None:
     rootlet = RootletClassifier(width=0.125)
     rootlet.net = _CornerDark()
     grader = GradeClassifier(width=0.125, series_reference=True)
-    grader.net = _Recorder()
+    grader.net = RecordingNet()
     geometry = PatchGeometry(16)
     pipe = Pipeline(
         CanalDetector(image_size=64).predictor, rootlet.predictor, grader.predictor, geometry, batch_size=2
