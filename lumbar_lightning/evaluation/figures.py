@@ -93,7 +93,9 @@ def failure_grid(cases: Any, image_of: Any, out_png: Path | str, crop_factor: fl
     n = max(1, len(cases))
     cols = min(6, n)
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.7 * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2.4 * cols, 3.0 * rows), squeeze=False
+    )  # room for the titles
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
