@@ -145,11 +145,10 @@ class Serving:
             else:
                 pipeline.box_choice = SeriesBoxChoice(**self.box_choice)
         if self.grade_shift_tta_mm is not None:
-            if not self.grade_shift_tta_mm >= 0:
-                raise DataContractError(
-                    f"serve.grade_shift_tta_mm must be >= 0; got {self.grade_shift_tta_mm}"
-                )
-            pipeline.grade_shift_tta_mm = self.grade_shift_tta_mm
+            try:
+                pipeline.grade_shift_tta_mm = self.grade_shift_tta_mm
+            except ValueError as exc:
+                raise DataContractError(f"serve.{exc}") from None
         return pipeline
 
     def as_dict(self) -> dict[str, Any]:

@@ -119,8 +119,6 @@ class Pipeline:
         box_choice: SeriesBoxChoice | None = None,
         grade_shift_tta_mm: float = 0.0,
     ) -> None:
-        if not grade_shift_tta_mm >= 0:
-            raise ValueError(f"grade_shift_tta_mm must be >= 0 (0: one reading); got {grade_shift_tta_mm}")
         self.detector = detector.eval().to(device)
         self.rootlet = rootlet.eval().to(device) if rootlet is not None else None
         self.grade = grade.eval().to(device)
@@ -129,7 +127,18 @@ class Pipeline:
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.box_choice = box_choice
-        self.grade_shift_tta_mm = float(grade_shift_tta_mm)
+        self.grade_shift_tta_mm = grade_shift_tta_mm
+
+    @property
+    def grade_shift_tta_mm(self) -> float:
+        return self._grade_shift_tta_mm
+
+    @grade_shift_tta_mm.setter
+    def grade_shift_tta_mm(self, mm: float) -> None:
+        """The one check of the value, however it is set (built, or changed by ``Serving``)."""
+        if not mm >= 0:
+            raise ValueError(f"grade_shift_tta_mm must be >= 0 (0: one reading); got {mm}")
+        self._grade_shift_tta_mm = float(mm)
 
     @property
     def geometries(self) -> tuple[PatchGeometry, ...]:
