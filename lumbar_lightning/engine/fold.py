@@ -367,7 +367,6 @@ def run_fold(
     geometry = {stage: stage_geometry(cfg, stage) for stage in patch_stages}
     box_choice = detector_box_choice(cfg)
     write_pipeline_spec(out_dir, cfg, {s: modules[s] for s in STAGES if s in modules}, geometry, box_choice)
-    shift_tta = grade_shift_tta_mm(cfg)
 
     metrics: dict[str, Any] = {"fold": fold, "rater": rater}
     box_rater = detector_rater(cfg, rater)
@@ -397,7 +396,7 @@ def run_fold(
         batch_size=cfg.data.eval_batch_size,
         grade_patch=geometry["grade"],
         box_choice=box_choice,
-        grade_shift_tta_mm=shift_tta,
+        grade_shift_tta_mm=grade_shift_tta_mm(cfg),
     )
     predictions = predict_test_images(pipeline, dataset, det_dm.rows["test"]["patient"].unique(), fold, rater)
     if "baseline" in modules:
@@ -425,7 +424,8 @@ def detector_box_choice(cfg: DictConfig) -> SeriesBoxChoice | None:
 
 
 def grade_shift_tta_mm(cfg: DictConfig) -> float:
-    """How far apart (mm) the grader's nine test readings are centred (``model.grade.shift_tta_mm``; 0: one)."""
+    """How far (mm) the grader's four extra readings of a detected box move its patch (``model.grade.shift_tta_mm``;
+    0: one reading)."""
     return float(cfg.model.grade.get("shift_tta_mm") or 0.0)
 
 

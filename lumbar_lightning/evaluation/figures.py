@@ -93,9 +93,8 @@ def failure_grid(cases: Any, image_of: Any, out_png: Path | str, crop_factor: fl
     n = max(1, len(cases))
     cols = min(6, n)
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(2.4 * cols, 3.0 * rows), squeeze=False
-    )  # room for the titles
+    # 3.0 in a row: room for each panel's two-line title above the patch
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 3.0 * rows), squeeze=False)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
