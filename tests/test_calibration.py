@@ -104,7 +104,7 @@ def test_the_coverage_curve_refers_the_least_confident_first() -> None:
 def test_the_detector_rescales_its_top_score_but_never_moves_the_box() -> None:
     from torch import nn
 
-    from lumbar_lightning.engine.fold import detection_outcomes
+    from lumbar_lightning.models.metrics import detection_outcomes
     from lumbar_lightning.models.predictors import CanalBoxPredictor
 
     class TwoBoxes(nn.Module):

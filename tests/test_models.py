@@ -396,3 +396,73 @@ def test_calibration_reads_the_kept_validation_and_test_passes(
     quiet_trainer(limit_val_batches=1).validate(module, datamodule=dm, verbose=False)
     assert len(module.kept_log_probs("val")[1]) < len(dm.sets["val"])
     assert calibrate(tester, module, dm, tmp_path / "none.ckpt") == report and predicted == [1]
+
+
+def test_detector_calibration_reads_the_kept_test_pass(
+    tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The detector's test pass keeps each slice's top box and score; calibration reads them (bit for bit what
+    predicting the split again gives) and predicts only the validation split, which no pass after training read."""
+    from lumbar_lightning.engine.fold import calibrate
+    from lumbar_lightning.models.metrics import detection_outcomes
+
+    L.seed_everything(0)
+    dm = SliceDataModule(image_size=96, data_dir=str(tiny_phantom), augment=None, **DM)
+    dm.setup()
+    module = CanalDetector(image_size=96, optimizer=adam(2e-3), scheduler=False)
+    quiet_trainer(limit_train_batches=2, limit_val_batches=1).fit(module, datamodule=dm)
+    tester = quiet_trainer()
+    module.keep_log_probs()
+    tester.test(module, datamodule=dm, verbose=False)
+    kept, found = module.kept_log_probs("test")
+    again, found_again = detection_outcomes(tester.predict(module, dataloaders=dm.test_dataloader()))
+    assert len(found) == len(dm.sets["test"])
+    np.testing.assert_array_equal(kept, again)
+    np.testing.assert_array_equal(found, found_again)
+    assert module.kept_log_probs("val") is None
+    predicted: list[int] = []
+    real = tester.predict
+    monkeypatch.setattr(tester, "predict", lambda *a, **k: predicted.append(1) or real(*a, **k))
+    report = calibrate(tester, module, dm, tmp_path / "none.ckpt")
+    assert predicted == [1] and report["temperature"] > 0  # the validation split only
+    module.keep_log_probs(False)
+    assert calibrate(tester, module, dm, tmp_path / "none.ckpt") == report and predicted == [1, 1, 1]
+
+
+def test_presized_detector_input_trains_and_detects_as_torchvision_does() -> None:
+    """Skipping the detection transform's identity resize and padded copy changes nothing: the same losses,
+    gradients and detections as torchvision's own transform (its per-image size draw is still made)."""
+    import copy
+
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    from lumbar_lightning.models.nets import PresizedTransform
+    from lumbar_lightning.models.predictors import CanalBoxPredictor
+
+    torch.manual_seed(0)
+    built = CanalBoxPredictor.build(64, box_batch_size_per_image=16)
+    assert isinstance(built.net.transform, PresizedTransform)
+    images = [torch.rand(1, 64, 64).expand(3, -1, -1) for _ in range(3)]
+    box = torch.tensor([[20.0, 22.0, 40.0, 44.0]])
+
+    def run(transform: nn.Module) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]]:
+        net = copy.deepcopy(built.net)
+        net.transform = transform
+        torch.manual_seed(1)
+        targets = [{"boxes": box.clone(), "labels": torch.ones(1, dtype=torch.int64)} for _ in images]
+        loss = sum(net(images, targets).values())
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None])
+        with torch.no_grad():
+            return loss.detach(), grads, net.eval()(images)
+
+    theirs = GeneralizedRCNNTransform(64, 64, [0.5] * 3, [0.25] * 3)
+    ours = run(built.net.transform)
+    reference = run(theirs)
+    assert torch.equal(ours[0], reference[0]) and torch.equal(ours[1], reference[1])
+    for a, b in zip(ours[2], reference[2], strict=True):
+        assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
+    # Another size still goes through torchvision's resize.
+    other = built.net.transform.eval()
+    batch, _ = other([torch.rand(3, 80, 80)])
+    assert tuple(batch.tensors.shape[-2:]) == (64, 64)

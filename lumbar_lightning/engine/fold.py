@@ -24,7 +24,7 @@ from lumbar_lightning.data.dataset import LumbarDataset
 from lumbar_lightning.data.errors import DataContractError
 from lumbar_lightning.data.grading import activate_from
 from lumbar_lightning.data.transforms import PatchGeometry
-from lumbar_lightning.engine.detector_sharing import detector_rater
+from lumbar_lightning.engine.detector_sharing import detector_rater, shared_detections
 from lumbar_lightning.evaluation.calibration import calibration_report
 from lumbar_lightning.evaluation.chained import record_chained
 from lumbar_lightning.inference.box_choice import SeriesBoxChoice
@@ -32,7 +32,7 @@ from lumbar_lightning.inference.labelled import baseline_grades, predict_test_im
 from lumbar_lightning.inference.pipeline import Pipeline, load_stage_weights
 from lumbar_lightning.io import atomic_write, atomic_write_text
 from lumbar_lightning.layout import FoldLayout
-from lumbar_lightning.models.metrics import DETECTION_IOU
+from lumbar_lightning.models.metrics import detection_outcomes
 from lumbar_lightning.models.stages import (
     CanalDetector,
     GradeClassifier,
@@ -183,15 +183,14 @@ def _fit_stage(
     _reload_csv_columns(tester)
     module.set_temperature(1.0)  # a rerun after a cut-off may have reloaded an already calibrated checkpoint
     best_val_metrics: dict[str, float] = {}
+    module.keep_log_probs()  # the passes below give calibration its inputs too
     if isinstance(module, PatchClassifier):  # validation F1 at the chosen checkpoint: what sweeps optimise
-        module.keep_log_probs()  # the two passes below give calibration its inputs too
         best_val_metrics = epoch_metrics(tester.validate(module, datamodule=datamodule, verbose=False))
     metrics: dict[str, Any] = epoch_metrics(tester.test(module, datamodule=datamodule, verbose=False))
     if isinstance(module, PatchClassifier):
         metrics["test/confmat"] = module.confusion_matrix("test")
     metrics["calibration"] = calibrate(tester, module, datamodule, layout.best(stage))
-    if isinstance(module, PatchClassifier):
-        module.keep_log_probs(False)
+    module.keep_log_probs(False)
     metrics.update(best_val_metrics)
     metrics["best_val"] = best_val
     metrics["epochs"] = epochs
@@ -213,12 +212,13 @@ def calibrate(
     split. The temperature goes into ``checkpoint`` (the stage's best), so the fold's chained pipeline,
     ``lumbar-predict`` and ``lumbar-evaluate`` all report calibrated probabilities. A patch classifier's
     log-probabilities come from the validation and test passes just run (``keep_log_probs``) when they covered
-    the whole split; otherwise (the detector, a ``limit_*_batches``) the split is predicted again. For the detector the
-    probability is its top box's score, read as P(canal found), against whether that box is a detection."""
+    the whole split; otherwise (the detector's validation split, a ``limit_*_batches``) the split is predicted
+    again. For the detector the probability is its top box's score, read as P(canal found), against whether that
+    box is a detection."""
     module.set_temperature(1.0)  # a rerun after a cut-off may have reloaded an already calibrated checkpoint
 
     def outputs(split: str, loader: Any) -> tuple[np.ndarray, np.ndarray]:
-        kept = module.kept_log_probs(split) if isinstance(module, PatchClassifier) else None
+        kept = module.kept_log_probs(split)
         if kept is not None and len(kept[1]) == len(loader.dataset):  # the whole split, read at temperature 1
             return kept
         batches = tester.predict(module, dataloaders=loader) or []
@@ -238,20 +238,6 @@ def calibrate(
         state["state_dict"]["temperature"] = module.temperature.detach().cpu().clone()
         atomic_write(checkpoint, lambda tmp: torch.save(state, tmp))
     return report
-
-
-def detection_outcomes(batches: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-    """The detector's predictions as a two-class problem: log P(missed), log P(found) from the top box's score,
-    and whether it was found (IoU with the true box at least ``DETECTION_IOU``, as the detection rate counts)."""
-    from torchvision.ops import box_iou
-
-    scores, found = [], []
-    for batch in batches:
-        for box, score, truth in zip(batch["boxes"], batch["scores"], batch["true_boxes"], strict=True):
-            scores.append(float(score))
-            found.append(int(float(box_iou(box[None].cpu(), truth[:1].cpu())[0, 0]) >= DETECTION_IOU))
-    p = np.clip(np.asarray(scores, dtype=np.float64), 1e-6, 1 - 1e-6)
-    return np.stack([np.log1p(-p), np.log(p)], axis=-1).reshape(-1, 2), np.asarray(found, dtype=np.int64)
 
 
 def epoch_metrics(logged: list[dict[str, float]]) -> dict[str, float]:
@@ -398,7 +384,14 @@ def run_fold(
         box_choice=box_choice,
         grade_shift_tta_mm=grade_shift_tta_mm(cfg),
     )
-    predictions = predict_test_images(pipeline, dataset, det_dm.rows["test"]["patient"].unique(), fold, rater)
+    predictions = predict_test_images(
+        pipeline,
+        dataset,
+        det_dm.rows["test"]["patient"].unique(),
+        fold,
+        rater,
+        detections=shared_detections(cfg, layout.best("detector")),
+    )
     if "baseline" in modules:
         predictions["baseline_grade"] = baseline_grades(
             modules["baseline"],

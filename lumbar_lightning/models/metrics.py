@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 from torchmetrics.detection import IntersectionOverUnion, MeanAveragePrecision
 from torchmetrics.utilities import dim_zero_cat
+from torchvision.ops import box_iou
 
 #: A slice counts as detected when its top box overlaps the true canal box by at least this much.
 DETECTION_IOU = 0.5
@@ -56,3 +58,15 @@ def classification_metrics(num_classes: int) -> MetricCollection:
             "confmat": MulticlassConfusionMatrix(num_classes),
         }
     )
+
+
+def detection_outcomes(batches: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """The detector's predictions as a two-class problem: log P(missed), log P(found) from the top box's score,
+    and whether it was found (IoU with the true box at least ``DETECTION_IOU``, as the detection rate counts)."""
+    scores, found = [], []
+    for batch in batches:
+        for box, score, truth in zip(batch["boxes"], batch["scores"], batch["true_boxes"], strict=True):
+            scores.append(float(score))
+            found.append(int(float(box_iou(box[None].cpu(), truth[:1].cpu())[0, 0]) >= DETECTION_IOU))
+    p = np.clip(np.asarray(scores, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.stack([np.log1p(-p), np.log(p)], axis=-1).reshape(-1, 2), np.asarray(found, dtype=np.int64)

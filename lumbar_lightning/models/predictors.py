@@ -81,8 +81,12 @@ class CanalBoxPredictor(nn.Module):
     @torch.no_grad()
     def top_box(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The best-scoring box per image (detector-input pixels) and its score; a centred box if none."""
+        return self.top_of(self.candidates(images))
+
+    def top_of(self, candidates: Sequence[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``top_box`` of candidates already detected (eval-mode outputs, e.g. a test step's)."""
         boxes, scores = [], []
-        for out in self.candidates(images):
+        for out in candidates:
             if len(out["boxes"]):
                 i = int(torch.argmax(out["scores"]))
                 boxes.append(out["boxes"][i])

@@ -17,7 +17,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 
 from lumbar_lightning.data.labels import LEVEL_CLASSES, grades
-from lumbar_lightning.models.metrics import classification_metrics, detection_metrics
+from lumbar_lightning.models.metrics import classification_metrics, detection_metrics, detection_outcomes
 from lumbar_lightning.models.predictors import CanalBoxPredictor, PatchPredictor, build_kwargs, three_channels
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -47,6 +47,37 @@ class StageModule(L.LightningModule):
         self.val_best = MaxMetric()
         self.val_best.persistent(True)  # in checkpoints, so a resumed fit keeps its best so far
         self.train_loss = MeanMetric()
+        self._kept: dict[str, list[Any]] | None = None
+
+    def keep_log_probs(self, keep: bool = True) -> None:
+        """While on, each validation and test epoch keeps what calibration fits on (``kept_log_probs``; only at
+        temperature 1), so that after training the splits are not read a second time."""
+        self._kept = {"val": [], "test": []} if keep else None
+
+    def kept_log_probs(self, split: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The last ``split`` epoch's log-probabilities (float64, as predicting gives them) and targets; None if
+        nothing was kept."""
+        if self._kept is None or not self._kept[split]:
+            return None
+        return self._kept_outcomes(self._kept[split])
+
+    def _kept_outcomes(self, kept: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def _keeping(self, split: str) -> bool:
+        return self._kept is not None and split in self._kept and float(self.temperature) == 1.0
+
+    def _keep(self, split: str, item: Any) -> None:
+        if self._keeping(split):
+            self._kept[split].append(item)  # type: ignore[index]
+
+    def on_validation_epoch_start(self) -> None:
+        if self._kept is not None:
+            self._kept["val"] = []
+
+    def on_test_epoch_start(self) -> None:
+        if self._kept is not None:
+            self._kept["test"] = []
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(params=self.parameters())
@@ -150,6 +181,12 @@ class CanalDetector(StageModule):
             for b in batch["boxes"]
         ]
         self.metrics[split].update(preds, targets)
+        if self._keeping(split):  # the top boxes predict_step would give: calibration's inputs
+            boxes, scores = self.predictor.top_of(outputs)
+            self._keep(split, {"boxes": boxes, "scores": scores, "true_boxes": batch["boxes"]})
+
+    def _kept_outcomes(self, kept: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+        return detection_outcomes(kept)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -214,18 +251,9 @@ class PatchClassifier(StageModule):
         # Training-label frequencies, for logit adjustment at inference (balanced sampling trains a uniform prior).
         self.register_buffer("log_prior", built.log_prior)
         self.register_buffer("temperature", built.temperature)  # fitted after training (engine/fold.py)
-        self._kept: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
 
-    def keep_log_probs(self, keep: bool = True) -> None:
-        """While on, each validation and test epoch keeps its log-probabilities and targets (``kept_log_probs``;
-        only at temperature 1): what calibration fits on after training, so the splits are not read again."""
-        self._kept = {"val": [], "test": []} if keep else None
-
-    def kept_log_probs(self, split: str) -> tuple[np.ndarray, np.ndarray] | None:
-        """The last ``split`` epoch's log-probabilities (float64, as ``predict_step`` gives them) and targets."""
-        if self._kept is None or not self._kept[split]:
-            return None
-        log_probs, targets = zip(*self._kept[split], strict=True)
+    def _kept_outcomes(self, kept: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+        log_probs, targets = zip(*kept, strict=True)
         return torch.cat(log_probs).double().numpy(), torch.cat(targets).numpy()
 
     @property
@@ -297,10 +325,7 @@ class PatchClassifier(StageModule):
         target = batch["target"]
         loss = self.loss(logits, target, batch.get("soft_target"))
         log_probs = self.class_log_probs(logits, adjust=False if split == "train" else None)
-        if (
-            self._kept is not None and split in self._kept and float(self.temperature) == 1.0
-        ):  # what is fitted
-            self._kept[split].append((log_probs.detach().cpu(), target.detach().cpu()))
+        self._keep(split, (log_probs.detach().cpu(), target.detach().cpu()))  # what calibration fits
         preds = log_probs.argmax(-1)
         self.metrics[f"{split}_m"].update(preds, target)
         if split != "train" and batch.get("soft_target") is not None:
@@ -339,16 +364,14 @@ class PatchClassifier(StageModule):
         self.metrics["train_m"].reset()
 
     def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
         self.metrics["val_m"].reset()
         self.vote_agreement["val_m"].reset()
-        if self._kept is not None:
-            self._kept["val"] = []
 
     def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
         self.metrics["test_m"].reset()
         self.vote_agreement["test_m"].reset()
-        if self._kept is not None:
-            self._kept["test"] = []
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
