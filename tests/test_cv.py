@@ -457,3 +457,43 @@ def test_a_consensus_classifier_learns_both_raters_votes_and_joins_every_table(
     predictions = pd.read_csv(tmp_path / "consensus" / "fold_0" / "predictions.csv", keep_default_na=False)
     assert (predictions["trained_on"] == "consensus").all() and "grade_consensus" in predictions
     assert "| truth-Cc |" in (tmp_path / "report.md").read_text()
+
+
+def test_a_folds_raters_share_its_detections(
+    tiny_run: Path, tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a consensus detector the second rater's fold reads the first's detections of the test images instead
+    of detecting them again, and gets the same predictions; another detector (other checkpoint bytes) or a
+    detector per rater shares nothing."""
+    from lumbar_lightning.data.datamodules import load_dataset
+    from lumbar_lightning.engine import detector_sharing
+    from lumbar_lightning.engine.detector_sharing import shared_detections
+    from lumbar_lightning.inference.ensemble import load_fold_pipeline
+    from lumbar_lightning.inference.labelled import predict_test_images
+    from lumbar_lightning.layout import FoldLayout
+
+    fold = tiny_run / "A1" / "fold_0"
+    cfg = tiny_cv_config(f"data.data_dir={tiny_phantom}")
+    checkpoint = FoldLayout(fold).best("detector")
+    monkeypatch.setattr(detector_sharing, "_DETECTIONS", {})  # the fixture's own fold filled one
+    memo = shared_detections(cfg, checkpoint)
+    assert memo == {} and shared_detections(cfg, checkpoint) is memo
+    dataset = load_dataset(tiny_phantom)
+    patients = pd.read_csv(fold / "predictions.csv")["patient"].unique()
+    pipeline = load_fold_pipeline(fold)
+    calls: list[int] = []
+    real = pipeline.detect
+    monkeypatch.setattr(pipeline, "detect", lambda *a, **k: calls.append(1) or real(*a, **k))
+    alone = predict_test_images(pipeline, dataset, patients, 0, "A1")
+    first = predict_test_images(pipeline, dataset, patients, 0, "A1", detections=memo)
+    second = predict_test_images(pipeline, dataset, patients, 0, "A2", detections=memo)
+    assert len(calls) == 2 and len(memo) == 1  # alone detects, and the memo's first call; its second does not
+    pd.testing.assert_frame_equal(first, alone)
+    shown = [c for c in first if c.startswith(("pred_", "p_", "box_score", "rootlet_prob"))]
+    pd.testing.assert_frame_equal(second[shown], first[shown])
+    other = tmp_path / "best.ckpt"
+    other.write_bytes(checkpoint.read_bytes() + b"\0")
+    assert shared_detections(cfg, other) == {}  # a new memo for another detector; the old one is dropped
+    assert shared_detections(cfg, checkpoint) == {}
+    per_rater = tiny_cv_config(f"data.data_dir={tiny_phantom}", "model.detector.boxes=rater")
+    assert shared_detections(per_rater, checkpoint) is None

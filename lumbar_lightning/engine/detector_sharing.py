@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
-from omegaconf import DictConfig
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
 
 from lumbar_lightning.data.labels import CONSENSUS
 from lumbar_lightning.io import atomic_copy
@@ -39,3 +41,27 @@ def share_detector(cfg: DictConfig, trained: Path, out_dir: Path) -> bool:
     atomic_copy(src.best("detector"), dst.best("detector"))
     atomic_copy(src.done("detector"), dst.done("detector"))  # last: it marks the stage finished
     return True
+
+
+#: The one fold's detections kept in this process: (detector digest, settings) and the memo itself.
+_DETECTIONS: dict[tuple[str, str], dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]]] = {}
+
+
+def shared_detections(
+    cfg: DictConfig, checkpoint: Path
+) -> dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] | None:
+    """The memo of a fold's test-set detections (``predict_test_images``'s ``detections``) that the fold's raters
+    share when they run one after the other in a process (``lumbar-cv``'s jobs): with a consensus detector the
+    second rater's pipeline would detect the same images with the same network again. Keyed by the checkpoint's
+    bytes (its calibrated temperature included), the box choice and the batch size, so a different detector
+    never reads another's boxes; only the latest fold's memo is kept. None: nothing to share."""
+    if not consensus_detector(cfg) or not checkpoint.exists():
+        return None
+    settings = OmegaConf.to_yaml(
+        {"box_choice": cfg.model.detector.get("box_choice"), "batch": cfg.data.eval_batch_size}
+    )
+    key = (hashlib.sha256(checkpoint.read_bytes()).hexdigest(), settings)
+    if key not in _DETECTIONS:
+        _DETECTIONS.clear()
+        _DETECTIONS[key] = {}
+    return _DETECTIONS[key]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import torch
@@ -21,9 +23,14 @@ def predict_test_images(
     fold: int | str,
     rater: str,
     gt_boxes: bool = True,
+    detections: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> pd.DataFrame:
     """One row per labelled image of the test patients: every rater's labels, the chained prediction, and (with
-    ``gt_boxes``) the prediction on the training rater's own box (the ground-truth-box path)."""
+    ``gt_boxes``) the prediction on the training rater's own box (the ground-truth-box path).
+
+    ``detections`` remembers the detector's boxes and scores for these images (keyed by their SOPInstanceUIDs):
+    filled here, and read instead of detecting again. Only for calls with one and the same detector and box
+    choice (a fold's raters share its consensus detector)."""
     images = dataset.images.set_index("sop_instance_uid")
     tables = [dataset.labels] + ([dataset.truth] if dataset.truth is not None else [])
     labels = pd.concat([t.rows for t in tables])
@@ -47,8 +54,17 @@ def predict_test_images(
     spacing = images.loc[uids, "pixel_spacing_col"].astype(float).tolist()
     series = images.loc[uids, "series_instance_uid"].to_numpy()
     position = images.loc[uids, "slice_position"].astype(float).to_numpy()  # slice order, for the box choice
+    known: dict[str, Any] = {}
+    if detections is not None and uids:
+        key = tuple(uids)  # the box choice reads each slice's neighbours: the same images, or detect again
+        if key not in detections:
+            detections[key] = pipeline.detect(pixels, spacing, series, position)
+        known["detections"] = detections[key]
     chained = pd.DataFrame(
-        [p.as_row() for p in pipeline.predict(pixels, pixel_mm=spacing, series=series, position=position)]
+        [
+            p.as_row()
+            for p in pipeline.predict(pixels, pixel_mm=spacing, series=series, position=position, **known)
+        ]
     )
     frame = pd.concat([frame, chained], axis=1)
     if not gt_boxes:

@@ -275,19 +275,21 @@ class Pipeline:
         pixel_mm: Sequence[float] | None = None,
         series: Sequence[Any] | None = None,
         position: Sequence[float] | None = None,
+        detections: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> list[Prediction]:
         """Chained predictions; pass ``boxes`` to classify given boxes instead of detected ones.
 
         ``pixel_mm`` (the images' pixel spacing) is needed when patches are cut at a fixed size in millimetres
         and for the series box choice; ``series`` (a series id per image) when the images come from several
         series (the grader's series reference, the box choice); ``position`` orders each series' slices for
-        the box choice (default: as given).
+        the box choice (default: as given). ``detections``: what ``detect`` gave for these images with this
+        detector (boxes, scores), read as detected boxes without detecting again.
         """
         if not len(images):
             return []
         detected = boxes is None
         if detected:
-            boxes, scores = self.detect(images, pixel_mm, series, position)
+            boxes, scores = detections or self.detect(images, pixel_mm, series, position)
         else:
             scores = np.ones(len(images), dtype=np.float32)
         shift = self.grade_shift_tta_mm if detected else 0.0  # a given box is read as given
