@@ -124,10 +124,8 @@ class PresizedTransform(GeneralizedRCNNTransform):
         size = self.min_size[-1]
         fixed = len(self.min_size) == 1 and self.max_size == size and self.fixed_size is None
         if fixed and tuple(image.shape[-2:]) == (size, size):
-            if (
-                self.training
-            ):  # the size draw torchvision makes per training image: the RNG stream stays the same
-                self.torch_choice(self.min_size)
+            if self.training:
+                self.torch_choice(self.min_size)  # torchvision's per-image size draw: the RNG stream stays
             return image, target
         return super().resize(image, target)
 
