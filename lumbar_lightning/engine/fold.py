@@ -32,7 +32,6 @@ from lumbar_lightning.inference.labelled import baseline_grades, predict_test_im
 from lumbar_lightning.inference.pipeline import Pipeline, load_stage_weights
 from lumbar_lightning.io import atomic_write, atomic_write_text
 from lumbar_lightning.layout import FoldLayout
-from lumbar_lightning.models.metrics import detection_outcomes
 from lumbar_lightning.models.stages import (
     CanalDetector,
     GradeClassifier,
@@ -210,24 +209,17 @@ def calibrate(
 ) -> dict[str, Any]:
     """Temperature scaling: fitted on the validation split, ECE and reliability bins before and after on the test
     split. The temperature goes into ``checkpoint`` (the stage's best), so the fold's chained pipeline,
-    ``lumbar-predict`` and ``lumbar-evaluate`` all report calibrated probabilities. A patch classifier's
-    log-probabilities come from the validation and test passes just run (``keep_log_probs``) when they covered
-    the whole split; otherwise (the detector's validation split, a ``limit_*_batches``) the split is predicted
-    again. For the detector the probability is its top box's score, read as P(canal found), against whether that
-    box is a detection."""
+    ``lumbar-predict`` and ``lumbar-evaluate`` all report calibrated probabilities. A stage's ``outcomes`` come
+    from the validation and test passes just run (``keep_log_probs``) when they covered the whole split; otherwise
+    (the detector's validation split, a ``limit_*_batches``) the split is predicted again. For the detector the
+    probability is its top box's score, read as P(canal found), against whether that box is a detection."""
     module.set_temperature(1.0)  # a rerun after a cut-off may have reloaded an already calibrated checkpoint
 
     def outputs(split: str, loader: Any) -> tuple[np.ndarray, np.ndarray]:
         kept = module.kept_log_probs(split)
         if kept is not None and len(kept[1]) == len(loader.dataset):  # the whole split, read at temperature 1
             return kept
-        batches = tester.predict(module, dataloaders=loader) or []
-        if isinstance(module, CanalDetector):
-            return detection_outcomes(batches)
-        if not batches:
-            return np.zeros((0, len(module.class_names))), np.zeros(0, dtype=np.int64)
-        log_probs = torch.cat([b["log_probs"] for b in batches]).double().cpu().numpy()
-        return log_probs, torch.cat([b["target"] for b in batches]).cpu().numpy()
+        return module.outcomes(tester.predict(module, dataloaders=loader) or [])
 
     report = calibration_report(
         *outputs("val", datamodule.val_dataloader()), *outputs("test", datamodule.test_dataloader())

@@ -55,13 +55,15 @@ class StageModule(L.LightningModule):
         self._kept = {"val": [], "test": []} if keep else None
 
     def kept_log_probs(self, split: str) -> tuple[np.ndarray, np.ndarray] | None:
-        """The last ``split`` epoch's log-probabilities (float64, as predicting gives them) and targets; None if
-        nothing was kept."""
+        """The last ``split`` epoch's ``outcomes``, kept as ``predict_step`` would give them; None if nothing was
+        kept."""
         if self._kept is None or not self._kept[split]:
             return None
-        return self._kept_outcomes(self._kept[split])
+        return self.outcomes(self._kept[split])
 
-    def _kept_outcomes(self, kept: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    def outcomes(self, batches: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        """What calibration fits on, from ``predict_step`` outputs on labelled batches: log-probabilities
+        (float64) and the class each item truly is."""
         raise NotImplementedError
 
     def _keeping(self, split: str) -> bool:
@@ -185,8 +187,8 @@ class CanalDetector(StageModule):
             boxes, scores = self.predictor.top_of(outputs)
             self._keep(split, {"boxes": boxes, "scores": scores, "true_boxes": batch["boxes"]})
 
-    def _kept_outcomes(self, kept: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-        return detection_outcomes(kept)
+    def outcomes(self, batches: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        return detection_outcomes(batches)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -252,9 +254,11 @@ class PatchClassifier(StageModule):
         self.register_buffer("log_prior", built.log_prior)
         self.register_buffer("temperature", built.temperature)  # fitted after training (engine/fold.py)
 
-    def _kept_outcomes(self, kept: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-        log_probs, targets = zip(*kept, strict=True)
-        return torch.cat(log_probs).double().numpy(), torch.cat(targets).numpy()
+    def outcomes(self, batches: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        if not batches:
+            return np.zeros((0, len(self.class_names))), np.zeros(0, dtype=np.int64)
+        log_probs = torch.cat([b["log_probs"] for b in batches]).double().cpu().numpy()
+        return log_probs, torch.cat([b["target"] for b in batches]).cpu().numpy()
 
     @property
     def num_outputs(self) -> int:
@@ -325,7 +329,7 @@ class PatchClassifier(StageModule):
         target = batch["target"]
         loss = self.loss(logits, target, batch.get("soft_target"))
         log_probs = self.class_log_probs(logits, adjust=False if split == "train" else None)
-        self._keep(split, (log_probs.detach().cpu(), target.detach().cpu()))  # what calibration fits
+        self._keep(split, {"log_probs": log_probs.detach().cpu(), "target": target.detach().cpu()})
         preds = log_probs.argmax(-1)
         self.metrics[f"{split}_m"].update(preds, target)
         if split != "train" and batch.get("soft_target") is not None:
