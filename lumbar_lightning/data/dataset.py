@@ -107,8 +107,12 @@ class LumbarDataset:
         return cls(root=root, index=index, labels=labels, truth=truth, cache=cache, series=series)
 
     def image(self, sop_instance_uid: str) -> np.ndarray:
-        """The cached image as float32 in [0, 1] (what ``ImageCache.get`` returns, bit for bit), held in memory as
-        float16 up to ``PIXEL_MEMORY_MB`` so that cutting it again costs no disk read."""
+        """The cached image as float32 in [0, 1] (what ``ImageCache.get`` returns, bit for bit)."""
+        return self._held(sop_instance_uid).astype(np.float32)
+
+    def _held(self, sop_instance_uid: str) -> np.ndarray:
+        """The cached image as stored (float16), held in memory up to ``PIXEL_MEMORY_MB`` so that cutting it
+        again costs no disk read."""
         held = self._pixels.get(sop_instance_uid)
         if held is None:
             held = np.load(self.cache.image_path(sop_instance_uid))
@@ -118,7 +122,7 @@ class LumbarDataset:
                 self._pixel_bytes -= self._pixels.popitem(last=False)[1].nbytes
         else:
             self._pixels.move_to_end(sop_instance_uid)
-        return held.astype(np.float32)
+        return held
 
     def resized(self, sop_instance_uid: str, size: int) -> np.ndarray:
         """The cached image resized for the detector, kept in memory (float16) for every later fold."""
@@ -146,9 +150,8 @@ class LumbarDataset:
         )
         if key not in self._patches:
             pixel_mm = float(self.pixel_spacing[sop_instance_uid])
-            image = self.image(sop_instance_uid)
-            self._patches[key] = geometry.crop(
-                image,
+            self._patches[key] = geometry.crop(  # converts to float32 only the pixels the crop reads
+                self._held(sop_instance_uid),
                 np.asarray(box),
                 context,
                 pixel_mm=pixel_mm,
