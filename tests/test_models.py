@@ -375,13 +375,13 @@ def test_calibration_reads_the_kept_validation_and_test_passes(
     module = GradeClassifier(width=0.125, optimizer=adam(3e-3), scheduler=False, flip_tta=True)
     quiet_trainer(limit_train_batches=3).fit(module, datamodule=dm)
     tester = quiet_trainer()
-    module.keep_log_probs()
+    module.keep_outcomes()
     tester.validate(module, datamodule=dm, verbose=False)
     tester.test(module, datamodule=dm, verbose=False)
     for split, loader in (("val", dm.val_dataloader()), ("test", dm.test_dataloader())):
         batches = tester.predict(module, dataloaders=loader)
         again = torch.cat([b["log_probs"] for b in batches]).double().numpy()
-        kept, targets = module.kept_log_probs(split)
+        kept, targets = module.kept_outcomes(split)
         np.testing.assert_array_equal(kept, again)  # the mirror reading included: both are eval-mode reads
         np.testing.assert_array_equal(targets, torch.cat([b["target"] for b in batches]).numpy())
     predicted: list[int] = []
@@ -391,10 +391,10 @@ def test_calibration_reads_the_kept_validation_and_test_passes(
     assert predicted == [] and report["temperature"] > 0
     # A pass at a fitted temperature keeps nothing; one over part of the split (limit_val_batches) is not used.
     tester.validate(module, datamodule=dm, verbose=False)
-    assert float(module.temperature) != 1.0 and module.kept_log_probs("val") is None
+    assert float(module.temperature) != 1.0 and module.kept_outcomes("val") is None
     module.set_temperature(1.0)
     quiet_trainer(limit_val_batches=1).validate(module, datamodule=dm, verbose=False)
-    assert len(module.kept_log_probs("val")[1]) < len(dm.sets["val"])
+    assert len(module.kept_outcomes("val")[1]) < len(dm.sets["val"])
     assert calibrate(tester, module, dm, tmp_path / "none.ckpt") == report and predicted == [1]
 
 
@@ -412,20 +412,20 @@ def test_detector_calibration_reads_the_kept_test_pass(
     module = CanalDetector(image_size=96, optimizer=adam(2e-3), scheduler=False)
     quiet_trainer(limit_train_batches=2, limit_val_batches=1).fit(module, datamodule=dm)
     tester = quiet_trainer()
-    module.keep_log_probs()
+    module.keep_outcomes()
     tester.test(module, datamodule=dm, verbose=False)
-    kept, found = module.kept_log_probs("test")
+    kept, found = module.kept_outcomes("test")
     again, found_again = detection_outcomes(tester.predict(module, dataloaders=dm.test_dataloader()))
     assert len(found) == len(dm.sets["test"])
     np.testing.assert_array_equal(kept, again)
     np.testing.assert_array_equal(found, found_again)
-    assert module.kept_log_probs("val") is None
+    assert module.kept_outcomes("val") is None
     predicted: list[int] = []
     real = tester.predict
     monkeypatch.setattr(tester, "predict", lambda *a, **k: predicted.append(1) or real(*a, **k))
     report = calibrate(tester, module, dm, tmp_path / "none.ckpt")
     assert predicted == [1] and report["temperature"] > 0  # the validation split only
-    module.keep_log_probs(False)
+    module.keep_outcomes(False)
     assert calibrate(tester, module, dm, tmp_path / "none.ckpt") == report and predicted == [1, 1, 1]
 
 

@@ -182,14 +182,14 @@ def _fit_stage(
     _reload_csv_columns(tester)
     module.set_temperature(1.0)  # a rerun after a cut-off may have reloaded an already calibrated checkpoint
     best_val_metrics: dict[str, float] = {}
-    module.keep_log_probs()  # the passes below give calibration its inputs too
+    module.keep_outcomes()  # the passes below give calibration its inputs too
     if isinstance(module, PatchClassifier):  # validation F1 at the chosen checkpoint: what sweeps optimise
         best_val_metrics = epoch_metrics(tester.validate(module, datamodule=datamodule, verbose=False))
     metrics: dict[str, Any] = epoch_metrics(tester.test(module, datamodule=datamodule, verbose=False))
     if isinstance(module, PatchClassifier):
         metrics["test/confmat"] = module.confusion_matrix("test")
     metrics["calibration"] = calibrate(tester, module, datamodule, layout.best(stage))
-    module.keep_log_probs(False)
+    module.keep_outcomes(False)
     metrics.update(best_val_metrics)
     metrics["best_val"] = best_val
     metrics["epochs"] = epochs
@@ -210,13 +210,13 @@ def calibrate(
     """Temperature scaling: fitted on the validation split, ECE and reliability bins before and after on the test
     split. The temperature goes into ``checkpoint`` (the stage's best), so the fold's chained pipeline,
     ``lumbar-predict`` and ``lumbar-evaluate`` all report calibrated probabilities. A stage's ``outcomes`` come
-    from the validation and test passes just run (``keep_log_probs``) when they covered the whole split; otherwise
+    from the validation and test passes just run (``keep_outcomes``) when they covered the whole split; otherwise
     (the detector's validation split, a ``limit_*_batches``) the split is predicted again. For the detector the
     probability is its top box's score, read as P(canal found), against whether that box is a detection."""
     module.set_temperature(1.0)  # a rerun after a cut-off may have reloaded an already calibrated checkpoint
 
     def outputs(split: str, loader: Any) -> tuple[np.ndarray, np.ndarray]:
-        kept = module.kept_log_probs(split)
+        kept = module.kept_outcomes(split)
         if kept is not None and len(kept[1]) == len(loader.dataset):  # the whole split, read at temperature 1
             return kept
         return module.outcomes(tester.predict(module, dataloaders=loader) or [])

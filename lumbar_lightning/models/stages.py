@@ -49,12 +49,12 @@ class StageModule(L.LightningModule):
         self.train_loss = MeanMetric()
         self._kept: dict[str, list[Any]] | None = None
 
-    def keep_log_probs(self, keep: bool = True) -> None:
-        """While on, each validation and test epoch keeps what calibration fits on (``kept_log_probs``; only at
+    def keep_outcomes(self, keep: bool = True) -> None:
+        """While on, each validation and test epoch keeps what calibration fits on (``kept_outcomes``; only at
         temperature 1), so that after training the splits are not read a second time."""
         self._kept = {"val": [], "test": []} if keep else None
 
-    def kept_log_probs(self, split: str) -> tuple[np.ndarray, np.ndarray] | None:
+    def kept_outcomes(self, split: str) -> tuple[np.ndarray, np.ndarray] | None:
         """The last ``split`` epoch's ``outcomes``, kept as ``predict_step`` would give them; None if nothing was
         kept."""
         if self._kept is None or not self._kept[split]:
