@@ -15,7 +15,8 @@ from lumbar_lightning.engine.fold import build_modules
 from lumbar_lightning.models.stages import CanalDetector, GradeClassifier, RootletClassifier
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
-COSINE = {("demo", "grade"), ("rsna2024", "grade")}  # (experiment, stage) off the paper's plateau schedule
+# (experiment, stage) off the paper's plateau schedule and best-validation checkpoint: a half cosine, final weights
+COSINE = {("demo", "grade"), ("rsna2024", "grade")}
 
 
 def test_there_are_experiments() -> None:
@@ -48,6 +49,8 @@ def test_experiment_composes_and_instantiates(experiment: str, config_name: str)
         else:  # halved when val/acc stops improving
             assert isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau)
             assert schedule.mode == "max" and schedule.factor == 0.5
+    for stage in set(cfg.stages) | ({"baseline"} & set(modules)):  # what best.ckpt, tested and served, holds
+        assert cfg.model[stage].checkpoint == ("last_epoch" if (experiment, stage) in COSINE else "best_val")
 
 
 def test_paper_presets_follow_the_paper() -> None:

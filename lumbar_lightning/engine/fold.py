@@ -30,7 +30,7 @@ from lumbar_lightning.evaluation.chained import record_chained
 from lumbar_lightning.inference.box_choice import SeriesBoxChoice
 from lumbar_lightning.inference.labelled import baseline_grades, predict_test_images
 from lumbar_lightning.inference.pipeline import Pipeline, load_stage_weights
-from lumbar_lightning.io import atomic_write, atomic_write_text
+from lumbar_lightning.io import atomic_copy, atomic_write, atomic_write_text
 from lumbar_lightning.layout import FoldLayout
 from lumbar_lightning.models.stages import (
     CanalDetector,
@@ -149,7 +149,8 @@ def _fit_stage(
     run_name: str,
     tracking_dir: Path,
 ) -> dict[str, Any]:
-    """Fit, reload the best checkpoint (weights only), test it on the rater's own boxes.
+    """Fit, reload the best checkpoint (weights only), test it on the rater's own boxes. ``best.ckpt`` is the best
+    validation epoch's, or with ``model.<stage>.checkpoint=last_epoch`` a copy of the final epoch's.
 
     Resumable: a stage that finished before (``done.json``) is reloaded, not retrained; one that was cut off
     continues from its ``last.ckpt`` (model, optimiser, scheduler, RNG and epoch) to the same result.
@@ -168,8 +169,9 @@ def _fit_stage(
             resume = None
         else:
             log.info(f"{run_name}: resuming from {resume}")
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
     stage_cfg = cfg.model[stage]
+    last_epoch = _tests_last_epoch(stage_cfg, stage)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     trainer, tester = _trainer(cfg, stage, stage_cfg, out_dir, module.monitor, run_name, tracking_dir)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
@@ -177,6 +179,8 @@ def _fit_stage(
     # Under ddp_spawn the fit ran in other processes, and a fit resumed from a last.ckpt of its final epoch logs
     # nothing: the best validation value is read from the checkpoint, never from in-process state.
     best_val, epochs = _checkpoint_progress(layout.last(stage))
+    if last_epoch and layout.last(stage).exists():
+        atomic_copy(layout.last(stage), layout.best(stage))
     if layout.best(stage).exists():
         load_stage_weights(module, layout.best(stage))
     _reload_csv_columns(tester)
@@ -202,6 +206,22 @@ def _fit_stage(
     layout.stage_dir(stage).mkdir(parents=True, exist_ok=True)
     atomic_write_text(layout.done(stage), json.dumps(metrics, default=float))
     return metrics
+
+
+#: What ``model.<stage>.checkpoint`` may say ``best.ckpt`` (the tested and served weights) holds.
+CHECKPOINT_CHOICES = ("best_val", "last_epoch")
+
+
+def _tests_last_epoch(stage_cfg: DictConfig, stage: str) -> bool:
+    """Whether the stage tests its final weights (``last_epoch``) rather than its best validation epoch
+    (``best_val``, the paper's). With a learning rate annealed to zero, the final weights are the converged ones,
+    and a choice by a few validation patients' accuracy adds that split's noise to the test figures."""
+    choice = stage_cfg.get("checkpoint", "best_val")
+    if choice not in CHECKPOINT_CHOICES:
+        raise ValueError(
+            f"model.{stage}.checkpoint={choice!r}: expected one of {', '.join(CHECKPOINT_CHOICES)}"
+        )
+    return choice == "last_epoch"
 
 
 def calibrate(
@@ -338,6 +358,8 @@ def run_fold(
     folds.to_csv(layout.folds)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     modules = build_modules(cfg)
+    for stage in modules:  # a misspelt checkpoint choice fails here, before any stage trains
+        _tests_last_epoch(cfg.model[stage], stage)
     detector: CanalDetector = modules["detector"]  # type: ignore[assignment]
     rootlet: RootletClassifier | None = modules.get("rootlet")  # type: ignore[assignment]
     grader: GradeClassifier = modules["grade"]  # type: ignore[assignment]
