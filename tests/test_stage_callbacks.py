@@ -4,25 +4,17 @@ the tracked best that run_fold reads back."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import GRADE_EMA, TINY_CV
 
 
 def test_weight_averaging_of_one_stage_keeps_its_tracked_best(tiny_phantom: Path, tmp_path: Path) -> None:
-    from hydra import compose, initialize_config_dir
-
-    from lumbar_lightning.conf import CONF_DIR
-    from lumbar_lightning.engine.fold import run_fold
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            config_name="train",
-            overrides=[f"data.data_dir={tiny_phantom}", "logger=none", "threads=1", *TINY_CV, GRADE_EMA],
-        )
     out = tmp_path / "A1" / "fold_0"
-    metrics = run_fold(cfg, 0, "A1", out)
+    metrics = _train_fold(tiny_phantom, out, GRADE_EMA)
     stages = out / "checkpoints"
     grade_last = torch.load(stages / "grade" / "last.ckpt", weights_only=True)
     grade_best = torch.load(stages / "grade" / "best.ckpt", weights_only=True)
@@ -40,7 +32,8 @@ def test_weight_averaging_of_one_stage_keeps_its_tracked_best(tiny_phantom: Path
     assert done["best_val"] == metrics["grade"]["gt_box"]["best_val"] == tracked
 
 
-def _grade_checkpoint_epochs(tiny_phantom: Path, out: Path, *overrides: str) -> tuple[dict, dict]:
+def _train_fold(tiny_phantom: Path, out: Path, *overrides: str) -> dict:
+    """Fold 0 of rater A1 on the tiny phantom, with TINY_CV's small settings and the test's own overrides."""
     from hydra import compose, initialize_config_dir
 
     from lumbar_lightning.conf import CONF_DIR
@@ -51,7 +44,11 @@ def _grade_checkpoint_epochs(tiny_phantom: Path, out: Path, *overrides: str) -> 
             config_name="train",
             overrides=[f"data.data_dir={tiny_phantom}", "logger=none", "threads=1", *TINY_CV, *overrides],
         )
-    run_fold(cfg, 0, "A1", out)
+    return run_fold(cfg, 0, "A1", out)
+
+
+def _grade_checkpoint_epochs(tiny_phantom: Path, out: Path, *overrides: str) -> tuple[dict, dict]:
+    _train_fold(tiny_phantom, out, *overrides)
     grade = out / "checkpoints" / "grade"
     return (
         torch.load(grade / "best.ckpt", weights_only=True),
@@ -81,8 +78,18 @@ def test_last_epoch_checkpoint_tests_the_final_weights(tiny_phantom: Path, tmp_p
 
 
 def test_a_misspelt_checkpoint_choice_fails_before_training(tiny_phantom: Path, tmp_path: Path) -> None:
-    import pytest
-
     with pytest.raises(ValueError, match=r"model\.grade\.checkpoint='last'.*best_val, last_epoch"):
         _grade_checkpoint_epochs(tiny_phantom, tmp_path, "model.grade.checkpoint=last")
     assert not (tmp_path / "checkpoints").exists()  # not even the detector trained
+
+
+def test_last_epoch_without_a_last_checkpoint_says_so(
+    tiny_phantom: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="lumbar_lightning"):
+        _train_fold(
+            tiny_phantom, tmp_path, "callbacks.last_checkpoint=null", "model.grade.checkpoint=last_epoch"
+        )
+    said = [r.getMessage() for r in caplog.records if "checkpoint=last_epoch but no" in r.getMessage()]
+    assert len(said) == 1 and "grade" in said[0]  # told once, for the one stage that asked
+    assert (tmp_path / "checkpoints" / "grade" / "best.ckpt").exists()  # the best validation epoch is tested

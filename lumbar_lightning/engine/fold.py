@@ -181,6 +181,10 @@ def _fit_stage(
     best_val, epochs = _checkpoint_progress(layout.last(stage))
     if last_epoch and layout.last(stage).exists():
         atomic_copy(layout.last(stage), layout.best(stage))
+    elif last_epoch:  # callbacks.last_checkpoint removed, or a fast_dev_run that saves nothing
+        log.warning(
+            f"{run_name}: checkpoint=last_epoch but no {layout.last(stage)}; testing best.ckpt if any"
+        )
     if layout.best(stage).exists():
         load_stage_weights(module, layout.best(stage))
     _reload_csv_columns(tester)
