@@ -75,3 +75,37 @@ def test_bad_settings_are_refused_and_the_choice_is_plain_data() -> None:
             SeriesBoxChoice(**bad)
     choice = SeriesBoxChoice(sigma_mm=6.0, window=2, min_score=0.4)
     assert SeriesBoxChoice(**json.loads(json.dumps(choice.as_dict()))) == choice
+
+
+def _boxes(centres: list[np.ndarray], half: float = 10.0) -> list[np.ndarray]:
+    return [np.concatenate([c - half, c + half], axis=1) for c in centres]
+
+
+def test_a_weak_box_far_from_the_series_canal_is_replaced_by_the_neighbours_box() -> None:
+    """A severe level where the detector's only candidate is 30 mm off: no candidate is its canal, and its
+    neighbours' median box stands in (what the grade then reads); a strong far box, or a weak near one, stays."""
+    choice = SeriesBoxChoice()  # max_mm 20
+    scores, centres = _series(middle=[(0.02, DISC)])
+    chosen = choice.choose(scores, centres, pixel_mm=[1.0] * 7)
+    assert chosen[3] == -1 and set(chosen[[0, 1, 2, 4, 5, 6]]) == {0}
+    boxes = _boxes(centres)
+    stand_in = choice.stand_in(chosen, scores, boxes)
+    assert [s is None for s in stand_in] == [True, True, True, False, True, True, True]
+    np.testing.assert_allclose(stand_in[3], np.concatenate([CANAL - 10.0, CANAL + 10.0]))
+    # 15 mm away (under max_mm), a strong far candidate, or max_mm off: the candidate is kept
+    near_scores, near_centres = _series(middle=[(0.02, CANAL + np.array([0.0, 15.0]))])
+    assert choice.choose(near_scores, near_centres, pixel_mm=[1.0] * 7)[3] == 0
+    strong, _ = _series(middle=[(0.9, DISC)])
+    assert choice.choose(strong, centres, pixel_mm=[1.0] * 7)[3] == 0
+    assert SeriesBoxChoice(max_mm=None).choose(scores, centres, pixel_mm=[1.0] * 7)[3] == 0
+    # at 0.1 mm a pixel the candidate is 3 mm away: kept
+    assert choice.choose(scores, centres, pixel_mm=[0.1] * 7)[3] == 0
+
+
+def test_no_stand_in_without_confident_neighbours() -> None:
+    scores, centres = _series(middle=[(0.02, DISC)])
+    chosen = np.array([0, 0, 0, -1, 0, 0, 0])
+    weak = [s if i == 3 else np.array([0.4]) for i, s in enumerate(scores)]
+    assert SeriesBoxChoice().stand_in(chosen, weak, _boxes(centres))[3] is None
+    with pytest.raises(ValueError, match="max_mm"):
+        SeriesBoxChoice(max_mm=0.0)

@@ -22,17 +22,26 @@ class SeriesBoxChoice:
 
     ``d``: the distance (mm, from the pixel spacing) of the candidate's centre to the median centre of the top
     boxes of the slice's neighbours within ``window`` slices of its series that score at least ``min_score``.
-    A slice without such a neighbour, or without a pixel spacing, keeps its top box.
+    A slice without such a neighbour, or without a pixel spacing, keeps its top box. A slice whose kept candidate
+    scores under ``min_score`` and lies over ``max_mm`` from that centre keeps none (-1): no candidate is its
+    canal, and ``stand_in`` gives it its neighbours' box (``max_mm: null``: never).
     """
 
     sigma_mm: float = 8.0
     window: int = 3
     min_score: float = 0.5
+    max_mm: float | None = 20.0
 
     def __post_init__(self) -> None:
-        if self.sigma_mm <= 0 or self.window < 1 or not 0.0 <= self.min_score <= 1.0:
+        if (
+            self.sigma_mm <= 0
+            or self.window < 1
+            or not 0.0 <= self.min_score <= 1.0
+            or (self.max_mm is not None and self.max_mm <= 0)
+        ):
             raise ValueError(
-                f"box_choice: sigma_mm must be > 0, window >= 1 and min_score in [0, 1]; got {self}"
+                "box_choice: sigma_mm must be > 0, window >= 1, min_score in [0, 1] and max_mm > 0 or null;"
+                f" got {self}"
             )
 
     def as_dict(self) -> dict[str, float]:
@@ -74,5 +83,36 @@ class SeriesBoxChoice:
                 anchor = np.median([centres[j][top[j]] for j in near], axis=0)
                 d_mm = np.linalg.norm(np.asarray(centres[i]) - anchor, axis=1) * float(mm)
                 fit = np.log(np.clip(scores[i], 1e-6, 1.0)) - d_mm**2 / (2 * self.sigma_mm**2)
-                chosen[i] = int(np.argmax(fit))
+                best = int(np.argmax(fit))
+                lost = self.max_mm is not None and d_mm[best] > self.max_mm
+                chosen[i] = -1 if lost and scores[i][best] < self.min_score else best
         return chosen
+
+    def stand_in(
+        self,
+        chosen: np.ndarray,
+        scores: Sequence[np.ndarray],
+        boxes: Sequence[np.ndarray],
+        series: Sequence[object] | None = None,
+        position: Sequence[float] | None = None,
+    ) -> list[np.ndarray | None]:
+        """For each image that ``choose`` kept no candidate of (-1), the median of its neighbours' confident top
+        boxes (``None`` where a candidate was kept, or without such a neighbour). The detector finds least where the canal is smallest and
+        darkest, a severe level: a box guessed elsewhere there is read as a free canal, and as the series'
+        freest canal it misleads the grade of every other slice too (experiments/cohorts)."""
+        n = len(scores)
+        top = [int(np.argmax(s)) if len(s) else -1 for s in scores]
+        groups = np.zeros(n) if series is None else np.asarray(series)
+        where = np.arange(n, dtype=float) if position is None else np.asarray(position, dtype=float)
+        out: list[np.ndarray | None] = [None] * n
+        for group in np.unique(groups):
+            members = np.flatnonzero(groups == group)
+            ordered = members[np.argsort(where[members], kind="stable")]
+            for k, i in enumerate(ordered):
+                if chosen[i] >= 0:
+                    continue
+                near = ordered[max(0, k - self.window) : k + self.window + 1]
+                near = [j for j in near if top[j] >= 0 and float(scores[j][top[j]]) >= self.min_score]
+                if near:
+                    out[i] = np.median([np.asarray(boxes[j])[top[j]] for j in near], axis=0)
+        return out

@@ -154,7 +154,8 @@ class Pipeline:
         position: Sequence[float] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """A canal box per image (stored-image pixels) and its calibrated score: the top-scoring candidate, or
-        the one ``box_choice`` keeps; a centred box scored 0 where the detector has none."""
+        the one ``box_choice`` keeps. Where the detector has none, a box scored 0: with ``box_choice``, the median
+        of the series neighbours' confident boxes if there are any, else a centred box."""
         size = self.detector.image_size
         boxes, scores = [], []  # every candidate of every image, in stored-image pixels, with its raw score
         for start in range(0, len(images), self.batch_size):
@@ -165,15 +166,20 @@ class Pipeline:
                     scale_boxes(out["boxes"].cpu().numpy().reshape(-1, 4), (size, size), im.shape[:2])
                 )
                 scores.append(out["scores"].cpu())
+        stand_in: list[np.ndarray | None] = [None] * len(images)
         if self.box_choice is None:
             keep = np.array([int(torch.argmax(s)) if len(s) else -1 for s in scores])
         else:
             centres = [(b[:, :2] + b[:, 2:]) / 2 for b in boxes]
             keep = self.box_choice.choose([s.numpy() for s in scores], centres, series, position, pixel_mm)
+            if (keep < 0).any():
+                stand_in = self.box_choice.stand_in(
+                    keep, [s.numpy() for s in scores], boxes, series, position
+                )
         centred = self.detector.centred_box().numpy()
         kept_boxes = [
-            b[k] if k >= 0 else scale_boxes(centred, (size, size), im.shape[:2])
-            for im, b, k in zip(images, boxes, keep, strict=True)
+            b[k] if k >= 0 else (sub if sub is not None else scale_boxes(centred, (size, size), im.shape[:2]))
+            for im, b, k, sub in zip(images, boxes, keep, stand_in, strict=True)
         ]
         kept_scores = torch.stack(
             [s[k] if k >= 0 else torch.tensor(0.0) for s, k in zip(scores, keep, strict=True)]
