@@ -61,7 +61,7 @@ def test_short_run_writes_checkpoints_predictions_and_metrics(tiny_phantom: Path
             assert "state_dict" in ckpt
     # the fold's box choice is plain data in pipeline.json, rebuilt as configured; a spec from before it: top box
     spec = json.loads((out / "pipeline.json").read_text())
-    assert spec["box_choice"] == {"sigma_mm": 8.0, "window": 3, "min_score": 0.5}
+    assert spec["box_choice"] == {"sigma_mm": 8.0, "window": 3, "min_score": 0.5, "max_mm": 20.0}
     assert load_fold_pipeline(out).box_choice == SeriesBoxChoice()
     assert spec["grade_shift_tta_mm"] == 0.0  # the grade stage's default: one reading, as in the paper
     older = tmp_path / "older"
