@@ -62,30 +62,18 @@ class SeriesBoxChoice:
         ``series`` groups the images (default: one series), ``position`` orders them within it (default: as
         given).
         """
-        n = len(scores)
-        top = np.array([int(np.argmax(s)) if len(s) else -1 for s in scores])
-        top_score = np.array([float(np.max(s)) if len(s) else 0.0 for s in scores])
-        groups = np.zeros(n) if series is None else np.asarray(series)
-        where = np.arange(n, dtype=float) if position is None else np.asarray(position, dtype=float)
-        spacing = [None] * n if pixel_mm is None else list(pixel_mm)
+        top, near = self._confident_neighbours(scores, series, position)
+        spacing = [None] * len(scores) if pixel_mm is None else list(pixel_mm)
         chosen = top.copy()
-        for group in np.unique(groups):
-            members = np.flatnonzero(groups == group)
-            ordered = members[np.argsort(where[members], kind="stable")]
-            for k, i in enumerate(ordered):
-                mm = spacing[i]
-                if top[i] < 0 or mm is None or not np.isfinite(mm):
-                    continue
-                near = ordered[max(0, k - self.window) : k + self.window + 1]
-                near = [j for j in near if j != i and top[j] >= 0 and top_score[j] >= self.min_score]
-                if not near:
-                    continue
-                anchor = np.median([centres[j][top[j]] for j in near], axis=0)
-                d_mm = np.linalg.norm(np.asarray(centres[i]) - anchor, axis=1) * float(mm)
-                fit = np.log(np.clip(scores[i], 1e-6, 1.0)) - d_mm**2 / (2 * self.sigma_mm**2)
-                best = int(np.argmax(fit))
-                lost = self.max_mm is not None and d_mm[best] > self.max_mm
-                chosen[i] = -1 if lost and scores[i][best] < self.min_score else best
+        for i, mm in enumerate(spacing):
+            if top[i] < 0 or mm is None or not np.isfinite(mm) or not near[i]:
+                continue
+            anchor = np.median([centres[j][top[j]] for j in near[i]], axis=0)
+            d_mm = np.linalg.norm(np.asarray(centres[i]) - anchor, axis=1) * float(mm)
+            fit = np.log(np.clip(scores[i], 1e-6, 1.0)) - d_mm**2 / (2 * self.sigma_mm**2)
+            best = int(np.argmax(fit))
+            lost = self.max_mm is not None and d_mm[best] > self.max_mm
+            chosen[i] = -1 if lost and scores[i][best] < self.min_score else best
         return chosen
 
     def stand_in(
@@ -97,22 +85,35 @@ class SeriesBoxChoice:
         position: Sequence[float] | None = None,
     ) -> list[np.ndarray | None]:
         """For each image that ``choose`` kept no candidate of (-1), the median of its neighbours' confident top
-        boxes (``None`` where a candidate was kept, or without such a neighbour). The detector finds least where the canal is smallest and
-        darkest, a severe level: a box guessed elsewhere there is read as a free canal, and as the series'
-        freest canal it misleads the grade of every other slice too (experiments/cohorts)."""
+        boxes (``None`` where a candidate was kept, or without such a neighbour). The detector finds least where
+        the canal is smallest and darkest, a severe level: a box guessed elsewhere there is read as a free canal,
+        and as the series' freest canal it misleads the grade of every other slice too (experiments/cohorts)."""
+        top, near = self._confident_neighbours(scores, series, position)
+        return [
+            np.median([np.asarray(boxes[j])[top[j]] for j in near[i]], axis=0)
+            if chosen[i] < 0 and near[i]
+            else None
+            for i in range(len(scores))
+        ]
+
+    def _confident_neighbours(
+        self,
+        scores: Sequence[np.ndarray],
+        series: Sequence[object] | None,
+        position: Sequence[float] | None,
+    ) -> tuple[np.ndarray, list[list[int]]]:
+        """Each image's top candidate (-1: none), and its neighbours: the other images within ``window`` slices
+        of it in its series (``series`` groups, ``position`` orders) whose top box scores at least ``min_score``."""
         n = len(scores)
-        top = [int(np.argmax(s)) if len(s) else -1 for s in scores]
+        top = np.array([int(np.argmax(s)) if len(s) else -1 for s in scores])
+        confident = np.array([len(s) > 0 and float(np.max(s)) >= self.min_score for s in scores], dtype=bool)
         groups = np.zeros(n) if series is None else np.asarray(series)
         where = np.arange(n, dtype=float) if position is None else np.asarray(position, dtype=float)
-        out: list[np.ndarray | None] = [None] * n
+        near: list[list[int]] = [[] for _ in range(n)]
         for group in np.unique(groups):
             members = np.flatnonzero(groups == group)
             ordered = members[np.argsort(where[members], kind="stable")]
             for k, i in enumerate(ordered):
-                if chosen[i] >= 0:
-                    continue
-                near = ordered[max(0, k - self.window) : k + self.window + 1]
-                near = [j for j in near if top[j] >= 0 and float(scores[j][top[j]]) >= self.min_score]
-                if near:
-                    out[i] = np.median([np.asarray(boxes[j])[top[j]] for j in near], axis=0)
-        return out
+                window = ordered[max(0, k - self.window) : k + self.window + 1]
+                near[i] = [int(j) for j in window if j != i and confident[j]]
+        return top, near

@@ -171,11 +171,10 @@ class Pipeline:
             keep = np.array([int(torch.argmax(s)) if len(s) else -1 for s in scores])
         else:
             centres = [(b[:, :2] + b[:, 2:]) / 2 for b in boxes]
-            keep = self.box_choice.choose([s.numpy() for s in scores], centres, series, position, pixel_mm)
+            raw = [s.numpy() for s in scores]
+            keep = self.box_choice.choose(raw, centres, series, position, pixel_mm)
             if (keep < 0).any():
-                stand_in = self.box_choice.stand_in(
-                    keep, [s.numpy() for s in scores], boxes, series, position
-                )
+                stand_in = self.box_choice.stand_in(keep, raw, boxes, series, position)
         centred = self.detector.centred_box().numpy()
         kept_boxes = [
             b[k] if k >= 0 else (sub if sub is not None else scale_boxes(centred, (size, size), im.shape[:2]))
