@@ -6,8 +6,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
+from lumbar_lightning.data.transforms import PatchGeometry
 from lumbar_lightning.inference.box_choice import SeriesBoxChoice
+from lumbar_lightning.inference.pipeline import Pipeline
+from lumbar_lightning.models.predictors import CanalBoxPredictor
 
 CANAL = np.array([100.0, 100.0])
 DISC = np.array([100.0, 70.0])  # 30 px anterior: 30 mm at 1 mm a pixel
@@ -109,3 +114,61 @@ def test_no_stand_in_without_confident_neighbours() -> None:
     assert SeriesBoxChoice().stand_in(chosen, weak, _boxes(centres))[3] is None
     with pytest.raises(ValueError, match="max_mm"):
         SeriesBoxChoice(max_mm=0.0)
+
+
+class _ScriptedDetector(CanalBoxPredictor):
+    """A detector whose candidates per image are given (detector-input pixels): ``Pipeline.detect``'s own work
+    (scaling, the choice, the stand-in, calibration) is what is tested, not a trained network."""
+
+    def __init__(self, script: list[tuple[list[list[float]], list[float]]], image_size: int = 100) -> None:
+        super().__init__(nn.Identity(), image_size)
+        self.script = script
+        self.seen = 0
+
+    def candidates(self, images):  # type: ignore[no-untyped-def]
+        out = []
+        for _ in images:
+            boxes, scores = self.script[self.seen]
+            self.seen += 1
+            out.append({"boxes": torch.tensor(boxes).reshape(-1, 4), "scores": torch.tensor(scores)})
+        return out
+
+
+def _pipeline(detector: CanalBoxPredictor, box_choice: SeriesBoxChoice | None) -> Pipeline:
+    geometry = PatchGeometry(size=8)
+    return Pipeline(detector, None, nn.Identity(), geometry, batch_size=2, box_choice=box_choice)  # type: ignore[arg-type]
+
+
+def test_detect_gives_a_lost_slice_its_neighbours_box_scored_zero() -> None:
+    """Slices stored at 200 px, detected at 100 px: slice 2's only candidate is weak and about 56 mm off the canal,
+    slice 4 has none. Both get the median of their confident neighbours' boxes in stored pixels, scored 0 (through
+    the fitted temperature); without a box choice slice 2 keeps its stray box and slice 4 a centred one."""
+    canal = [[30.0, 40.0, 50.0, 60.0]]  # detector pixels; (60, 80, 100, 120) stored
+    script = [
+        ([[29.0, 40.0, 49.0, 60.0]], [0.9]),
+        ([[31.0, 40.0, 51.0, 60.0]], [0.8]),
+        ([[5.0, 5.0, 15.0, 15.0]], [0.3]),
+        (canal, [0.95]),
+        ([], []),
+        (canal, [0.9]),
+    ]
+    n = len(script)
+    images, spacing, series = [np.zeros((200, 200), np.float32)] * n, [0.5] * n, ["s"] * n
+    detector = _ScriptedDetector(script)
+    detector.temperature.fill_(2.0)
+    boxes, scores = _pipeline(detector, SeriesBoxChoice()).detect(images, spacing, series, list(range(n)))
+    stored = {0: [58.0, 80.0, 98.0, 120.0], 1: [62.0, 80.0, 102.0, 120.0], 3: [60.0, 80.0, 100.0, 120.0]}
+    stored[5] = stored[3]
+    for i, box in stored.items():
+        np.testing.assert_allclose(boxes[i], box)
+    # slice 2's confident neighbours within 3 slices: 0, 1, 3, 5; slice 4's: 1, 3, 5
+    np.testing.assert_allclose(boxes[2], np.median([stored[i] for i in (0, 1, 3, 5)], axis=0))
+    np.testing.assert_allclose(boxes[4], np.median([stored[i] for i in (1, 3, 5)], axis=0))
+    expected = torch.sigmoid(torch.logit(torch.tensor([0.9, 0.8, 0.95, 0.9])) / 2.0).numpy()
+    np.testing.assert_allclose(scores[[0, 1, 3, 5]], expected, rtol=1e-5)
+    assert scores[2] < 1e-2 and scores[4] < 1e-2  # scored 0 before calibration
+
+    boxes, scores = _pipeline(_ScriptedDetector(script), None).detect(images, spacing, series, list(range(n)))
+    np.testing.assert_allclose(boxes[2], [10.0, 10.0, 30.0, 30.0])  # the top candidate, whatever it is
+    np.testing.assert_allclose(boxes[4], [80.0, 80.0, 120.0, 120.0])  # the detector's centred box, scaled
+    np.testing.assert_allclose(scores[[2, 4]], [0.3, 0.0], rtol=1e-6)
