@@ -26,7 +26,7 @@ from lumbar_lightning.data.phantom.site import (
     reader_agreement,
 )
 
-PRESETS = ("site_b", "site_c")
+PRESETS = ("site_b", "site_c", "site_d")
 
 
 def _preset(name: str, *overrides: str) -> tuple[SiteConfig, str]:
@@ -62,12 +62,15 @@ def test_preset_raters_agree_as_real_readers_do(name: str) -> None:
     np.testing.assert_allclose(shares, np.asarray(cfg.prevalence) / sum(cfg.prevalence), atol=0.02)
 
 
-def test_presets_differ_from_each_other_and_from_the_default() -> None:
-    b, _ = _preset("site_b")
-    c, _ = _preset("site_c")
-    assert b.scanner.matrix != c.scanner.matrix and b.scanner.field_strength_t != c.scanner.field_strength_t
-    assert b.spacing_mm != c.spacing_mm and b.prevalence != c.prevalence
-    assert b.readers != c.readers
+def test_presets_differ_from_each_other() -> None:
+    """Every pair of shipped sites differs in vendor, pixel size, slice spacing, grade mix and readers."""
+    presets = [_preset(name)[0] for name in PRESETS]
+    for i, a in enumerate(presets):
+        for b in presets[i + 1 :]:
+            assert a.scanner.manufacturer != b.scanner.manufacturer, (a.name, b.name)
+            assert a.scanner.fov_mm / a.scanner.matrix != b.scanner.fov_mm / b.scanner.matrix, (a.name, b.name)
+            assert a.spacing_mm != b.spacing_mm and a.prevalence != b.prevalence, (a.name, b.name)
+            assert a.readers != b.readers, (a.name, b.name)
 
 
 def _digest(root: Path) -> dict[str, str]:

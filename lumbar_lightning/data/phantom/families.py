@@ -18,7 +18,7 @@ log = logging.getLogger("lumbar_lightning.phantom")
 
 
 #: Phantom families by ``phantom.family``: the default phantom, and the independently written site family whose
-#: presets (``phantom=site_b``, ``phantom=site_c``) differ the way hospitals differ.
+#: presets (``phantom=site_b``, ``site_c``, ``site_d``) differ the way hospitals differ.
 FAMILIES: dict[str, tuple[type, type]] = {
     "default": (PhantomConfig, PhantomCohort),
     "site": (SiteConfig, SiteCohort),
