@@ -68,7 +68,8 @@ def test_presets_differ_from_each_other() -> None:
     for i, a in enumerate(presets):
         for b in presets[i + 1 :]:
             assert a.scanner.manufacturer != b.scanner.manufacturer, (a.name, b.name)
-            assert a.scanner.fov_mm / a.scanner.matrix != b.scanner.fov_mm / b.scanner.matrix, (a.name, b.name)
+            pixel = (a.scanner.fov_mm / a.scanner.matrix, b.scanner.fov_mm / b.scanner.matrix)
+            assert pixel[0] != pixel[1], (a.name, b.name)
             assert a.spacing_mm != b.spacing_mm and a.prevalence != b.prevalence, (a.name, b.name)
             assert a.readers != b.readers, (a.name, b.name)
 
