@@ -223,3 +223,26 @@ def test_the_seed_spread_table_is_written_from_spread_json(tmp_path: Path) -> No
     replace_block(readme, block, SPREAD_BEGIN, SPREAD_END)
     text = readme.read_text()
     assert "old" not in text and text.startswith("before") and text.endswith("after\n") and block in text
+
+
+def test_a_worst_case_title_names_only_the_raters_its_row_carries() -> None:
+    """C1's rows of a run with Cc have no consensus column (NaN once the folds are joined): no 'consensus:nan'."""
+    from lumbar_lightning.evaluation.figures import case_title
+
+    frame = pd.DataFrame(
+        [
+            {"trained_on": "A1", "grade_A1": "D", "grade_A2": "", "pred_grade": "A", "reference": "D"},
+            {
+                "trained_on": "consensus",
+                "grade_A1": "C",
+                "grade_A2": "D",
+                "grade_consensus": "D",
+                "pred_grade": "B",
+                "reference": "D",
+            },
+        ]
+    ).assign(confidence=[0.91, 0.5], vertebral_level="L4/L5", patient="P-1")
+    raters = ["A1", "A2", "consensus"]
+    first, second = (case_title(row, raters) for _, row in frame.iterrows())
+    assert first == "C1 A (91%), ref D\nA1:D A2:-  L4/L5 P-1"
+    assert second == "Cc B (50%), ref D\nA1:C A2:D consensus:D  L4/L5 P-1"

@@ -87,6 +87,19 @@ def worst_cases(predictions: Any, n: int = 12) -> Any:
     return frame.drop_duplicates("sop_instance_uid").head(n)
 
 
+def case_title(row: Any, raters: list[str]) -> str:
+    """A worst case's panel title: the call, its confidence, the reference, then each rater's grade ('-' where
+    the rater left the image ungraded). A rater's column is missing (NaN) on rows of classifiers whose
+    predictions never carried it, e.g. the consensus rater's on C1's rows of a run with Cc: it is left out."""
+    import pandas as pd
+
+    from lumbar_lightning.evaluation.study import classifier_name
+
+    said = " ".join(f"{r}:{row[f'grade_{r}'] or '-'}" for r in raters if not pd.isna(row.get(f"grade_{r}")))
+    call = f"{classifier_name(str(row['trained_on']))} {row['pred_grade']} ({100 * row['confidence']:.0f}%)"
+    return f"{call}, ref {row['reference']}\n{said}  {row['vertebral_level']} {row['patient']}"
+
+
 def failure_grid(cases: Any, image_of: Any, out_png: Path | str, crop_factor: float = 3.0) -> Path:
     """One panel per case: the canal region with the detected box, the call, its confidence, the raters' grades
     and the reference. Patients appear by pseudonym only."""
@@ -111,13 +124,8 @@ def failure_grid(cases: Any, image_of: Any, out_png: Path | str, crop_factor: fl
         ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.0, color="#ffcc00"))
         ax.set_xlim(cx - half, cx + half)
         ax.set_ylim(cy + half, cy - half)
-        said = " ".join(f"{r}:{row[f'grade_{r}'] or '-'}" for r in raters)
-        who = "C" + str(row["trained_on"])[1:]
         ax.set_title(
-            f"{who} {row['pred_grade']} ({100 * row['confidence']:.0f}%), ref {row['reference']}\n"
-            f"{said}  {row['vertebral_level']} {row['patient']}",
-            fontsize=6.5,
-            color="#b00000" if row["distance"] >= 2 else "black",
+            case_title(row, raters), fontsize=6.5, color="#b00000" if row["distance"] >= 2 else "black"
         )
     fig.suptitle(
         "Most confident wrong grades (red: two grades or more off); detected box in yellow", fontsize=9
