@@ -54,10 +54,18 @@ def test_external_validation_writes_the_study_tables(
     assert summary["grade"]["truth-C1"]["accuracy"] == pytest.approx(
         (graded["grade_truth"] == graded["grade_C1"]).mean()
     )
+    # the level's tables too: an external validation has no fold metrics to tell that the run has the stage
+    levels = task_set(load_cv_predictions(out), "rootlet")
+    assert {"A1-A2", "A1-C1", "truth-C1"} <= set(summary["rootlet"])
+    assert summary["rootlet"]["A1-C1"]["n"] == len(levels) > 0
+    assert summary["rootlet"]["A1-C1"]["accuracy"] == pytest.approx(
+        (levels["level_A1"] == levels["level_C1"]).mean()
+    )
     det = summary["detection"]["A1"]
     assert det["n"] == len(truth) and 0.0 <= det["rate"] <= 1.0 and 0.0 <= det["iou"] <= 1.0
     report = (out / "report.md").read_text()
     assert "external validation" in report and "## Detection" in report and "## Severe grades" in report
+    assert "## Rootlet / cord" in report
 
 
 def test_a_folder_without_trained_folds_is_refused(other_cohort: Path, tmp_path: Path) -> None:

@@ -61,11 +61,15 @@ def evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
     patients = dataset.images["patient"].unique()
     serve = Serving.of(cfg.get("serve"))  # read as the run recorded unless serve.* says otherwise
     detections = {}
+    level_stage = (
+        True  # every classifier has a rootlet/cord stage (a run with stages=[detector, grade] has none)
+    )
     for rater in raters:
         folds = fold_dirs(run_dir, rater, None)
         ensemble = Ensemble(
             [load_fold_pipeline(d, "cpu", int(cfg.data.eval_batch_size), serve=serve) for d in folds]
         )
+        level_stage &= all(p.rootlet is not None for p in ensemble.pipelines)
         log.info(f"classifier of {rater}: an ensemble of {len(folds)} fold(s) on {len(patients)} patient(s)")
         gt_boxes = rater in dataset.labels.raters  # the gt-box path needs this rater's boxes in the data set
         predictions = predict_test_images(ensemble, dataset, patients, EXTERNAL_FOLD, rater, gt_boxes)  # type: ignore[arg-type]
@@ -95,6 +99,7 @@ def evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
             },
         },
         appendix="\n".join(lines) + "\n",
+        level_stage=level_stage,  # no fold metrics here to read it from
     )
     log_summary_run(cfg, out, summary)
     for pair, row in summary["grade"].items():

@@ -106,8 +106,13 @@ def baseline_comparison(grade: dict[str, dict[str, Any]]) -> dict[str, dict[str,
 
 
 def cv_summary(
-    root: Path | str, seed: int = 0, fold_predictions: pd.DataFrame | None = None
+    root: Path | str,
+    seed: int = 0,
+    fold_predictions: pd.DataFrame | None = None,
+    level_stage: bool | None = None,
 ) -> dict[str, Any]:
+    """The study's tables of a run folder. ``level_stage``: whether the classifiers have a rootlet/cord stage; None
+    reads it from the folds' ``metrics.json`` (a CV run), which an external validation does not write."""
     root = Path(root)
     frame = load_cv_predictions(root, fold_predictions)
     tables = study_tables(frame, seed)
@@ -118,7 +123,11 @@ def cv_summary(
         (r, classifier_name(r)) for r in who["raters"] if classifier_name(r) in who["classifiers"]
     ]
     # a run without the rootlet stage (stages=[detector, grade]) grades every slice: no level table
-    has_rootlet = any("rootlet" in m for per_rater in folds.values() for m in per_rater)
+    has_rootlet = (
+        any("rootlet" in m for per_rater in folds.values() for m in per_rater)
+        if level_stage is None
+        else level_stage
+    )
     return {
         "rootlet": {
             p: {k: v for k, v in row.items() if k in SUMMARY_KEYS}
@@ -326,14 +335,16 @@ def write_cv_report(
     extra: dict[str, Any] | None = None,
     appendix: str = "",
     image_of: Callable[[str], np.ndarray] | None = None,
+    level_stage: bool | None = None,
 ) -> dict[str, Any]:
     """Write ``cv_summary.json``, ``report.md`` and the confusion-matrix figures into the run folder; ``extra``
     joins the summary and ``appendix`` ends the report (what an external validation adds). With ``image_of`` (the
-    ingestion cache's reader) the report also shows the worst cases (``figures/worst_cases.png``)."""
+    ingestion cache's reader) the report also shows the worst cases (``figures/worst_cases.png``); ``level_stage``
+    as ``cv_summary``'s."""
     root = Path(root)
     layout = RunLayout(root)
     fold_predictions = load_fold_predictions(root)  # read once: the tables and the worst cases both use them
-    summary = {**cv_summary(root, seed, fold_predictions), **(extra or {})}
+    summary = {**cv_summary(root, seed, fold_predictions, level_stage), **(extra or {})}
     if image_of is not None:
         cases = worst_cases(fold_predictions)
         summary["worst_cases"] = [
