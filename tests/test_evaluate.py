@@ -66,6 +66,16 @@ def test_external_validation_writes_the_study_tables(
     report = (out / "report.md").read_text()
     assert "external validation" in report and "## Detection" in report and "## Severe grades" in report
     assert "## Rootlet / cord" in report
+    # the worst cases on the other data set: the most confident wrong grades, against its truth, drawn
+    cases = summary["worst_cases"]
+    assert 0 < len(cases) <= 12 and all(c["fold"] == "external" for c in cases)
+    order = {g: i for i, g in enumerate("ABCD")}
+    for c in cases:  # the reference is the other data set's truth, and every case is wrong
+        assert c["pred_grade"] != c["reference"] and c["distance"] == abs(
+            order[c["pred_grade"]] - order[c["reference"]]
+        )
+    assert [c["distance"] for c in cases] == sorted((c["distance"] for c in cases), reverse=True)
+    assert "## Worst cases" in report and (out / "figures" / "worst_cases.png").stat().st_size > 0
 
 
 def test_a_folder_without_trained_folds_is_refused(other_cohort: Path, tmp_path: Path) -> None:

@@ -4,8 +4,8 @@ A finished cross-validation's fold ensemble (every fold of each rater's classifi
 ``lumbar-predict`` grades) is applied unchanged to another labelled data set in the data contract. Every labelled
 image is graded, and the study's tables are written against that data set's own raters (and truth, when it has
 one): ``cv_summary.json`` (with the detection rate against the consensus box), ``report.md``, confusion-matrix
-figures, ``<rater>/fold_external/predictions.csv`` and, with W&B on, a summary run. The data set's raters keep
-their names, so ``A1-C1`` there is its rater A1 against the classifier trained on the run's A1.
+figures, the worst cases, ``<rater>/fold_external/predictions.csv`` and, with W&B on, a summary run. The data
+set's raters keep their names, so ``A1-C1`` there is its rater A1 against the classifier trained on the run's A1.
 """
 
 from __future__ import annotations
@@ -100,6 +100,7 @@ def evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
         },
         appendix="\n".join(lines) + "\n",
         level_stage=level_stage,  # no fold metrics here to read it from
+        image_of=dataset.cache.get,  # the worst cases: what the run's classifiers miss on this data set
     )
     log_summary_run(cfg, out, summary)
     for pair, row in summary["grade"].items():
