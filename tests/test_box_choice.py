@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -125,7 +126,7 @@ class _ScriptedDetector(CanalBoxPredictor):
         self.script = script
         self.seen = 0
 
-    def candidates(self, images):  # type: ignore[no-untyped-def]
+    def candidates(self, images: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         out = []
         for _ in images:
             boxes, scores = self.script[self.seen]

@@ -61,9 +61,8 @@ def evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
     patients = dataset.images["patient"].unique()
     serve = Serving.of(cfg.get("serve"))  # read as the run recorded unless serve.* says otherwise
     detections = {}
-    level_stage = (
-        True  # every classifier has a rootlet/cord stage (a run with stages=[detector, grade] has none)
-    )
+    # whether every classifier has a rootlet/cord stage (a run with stages=[detector, grade] has none)
+    level_stage = True
     for rater in raters:
         folds = fold_dirs(run_dir, rater, None)
         ensemble = Ensemble(
