@@ -5,4 +5,9 @@ from lumbar_lightning.numerics import pin as _pin_numerics
 
 _pin_numerics()
 
+# Freed blocks stay in the process: no fresh zeroed pages every training step (no number changes).
+from lumbar_lightning.allocator import keep_freed_memory as _keep_freed_memory  # noqa: E402
+
+_keep_freed_memory()
+
 __version__ = "0.1.0"
