@@ -103,6 +103,8 @@ def test_wandb_runs_are_recorded_without_console_output(tmp_path: Path) -> None:
     assert [ln for ln in lines if "wandb:" in ln and "anonymous setting has no effect" not in ln] == []
     runs = offline_runs(tmp_path)
     assert set(runs) == {"quiet-run", "quiet-fit"} and runs["quiet-run"]["history"][0]["a"] == 1.0
+    # no package list per run (the run config's `environment` and requirements.lock say what ran)
+    assert list(tmp_path.rglob("requirements.txt")) == []
     assert runs["quiet-fit"]["history"][0]["c"] == 3.0
 
 
