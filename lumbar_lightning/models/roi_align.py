@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torchvision.ops import MultiScaleRoIAlign
-from torchvision.ops.poolers import _convert_to_roi_format, _setup_scales
+from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
 
 def _backward(
@@ -134,7 +134,7 @@ class VectorisedRoIAlign(MultiScaleRoIAlign):
     def forward(
         self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
     ) -> Tensor:
-        features = [x[name] for name in self.featmap_names]
+        features = _filter_input(x, self.featmap_names)
         if len(features) != 1:
             return super().forward(x, boxes, image_shapes)
         if self.scales is None or self.map_levels is None:
